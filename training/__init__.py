@@ -1,0 +1,1 @@
+"""Training, evaluation and export for the conversational QA model (torch lives here, not in cqa)."""
