@@ -3,7 +3,7 @@
 #   make test   set up the full environment (.venv) and run ruff and the whole test suite
 # Options: make run ARGS="--model out/smoke/onnx --port 7861"; make test PYTEST_ARGS="-k format"
 
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 ARGS ?=
 PYTEST_ARGS ?=
 
