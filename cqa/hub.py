@@ -1,0 +1,153 @@
+"""Find the ONNX export to serve: a local folder or a Hugging Face Hub repo, and which files in it.
+
+Two layouts are understood, both written by Optimum's ONNX exporter:
+
+    three-file  encoder_model.onnx + decoder_model.onnx + decoder_with_past_model.onnx   (the published one)
+    merged      encoder_model.onnx + decoder_model_merged.onnx (one decoder, ``use_cache_branch`` input)
+
+``quantized=True`` asks for the ``*_quantized.onnx`` variants of the same names. Next to the ONNX files:
+``config.json`` (needed), ``generation_config.json`` (optional) and ``tokenizer.json`` (needed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_ID = "tryolabs/long-t5-tglobal-base-blogpost-cqa-onnx"
+
+CONFIG_FILES = ("config.json", "tokenizer.json")
+OPTIONAL_FILES = ("generation_config.json",)
+
+HOW_TO_FIX = (
+    "Run `python app.py --model DIR` with a local export "
+    "(`python -m training.tiny OUT` writes a tiny one to OUT/onnx; "
+    "`python -m training.export CKPT OUT` exports your own checkpoint)."
+)
+
+# "org/name" or "name": what the Hub accepts as a repo id. Anything else can only be a local path.
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be found or loaded; the message says which model, why, and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The ONNX files of one export. ``decoder_with_past`` is None for the merged layout."""
+
+    encoder: Path
+    decoder: Path
+    decoder_with_past: Path | None
+
+    @property
+    def merged(self) -> bool:
+        return self.decoder_with_past is None
+
+
+def _onnx_name(stem: str, quantized: bool) -> str:
+    return f"{stem}_quantized.onnx" if quantized else f"{stem}.onnx"
+
+
+def _patterns(stems: tuple[str, ...], quantized: bool) -> list[str]:
+    # The ONNX files, and their external-data files (written by the exporter for models over 2 GB).
+    names = [_onnx_name(stem, quantized) for stem in stems]
+    return names + [name + "_data" for name in names] + [name + ".data" for name in names]
+
+
+THREE_FILE_STEMS = ("encoder_model", "decoder_model", "decoder_with_past_model")
+MERGED_STEMS = ("encoder_model", "decoder_model_merged")
+
+
+def find_model_files(model_dir: Path, quantized: bool = False, model_id: str | None = None) -> ModelFiles:
+    """The export's ONNX files in ``model_dir`` (three-file layout preferred), or a ModelLoadError
+    that lists what is missing."""
+    model_id = model_id or str(model_dir)
+    missing = [name for name in CONFIG_FILES if not (model_dir / name).is_file()]
+    three_file = [model_dir / _onnx_name(stem, quantized) for stem in THREE_FILE_STEMS]
+    merged = [model_dir / _onnx_name(stem, quantized) for stem in MERGED_STEMS]
+    if all(path.is_file() for path in three_file):
+        onnx_missing: list[str] = []
+        files = ModelFiles(*three_file)
+    elif all(path.is_file() for path in merged):
+        onnx_missing = []
+        files = ModelFiles(merged[0], merged[1], None)
+    else:
+        # Name the files of the layout that is closer to complete (the three-file one on a tie).
+        three_missing = [p.name for p in three_file if not p.is_file()]
+        merged_missing = [p.name for p in merged if not p.is_file()]
+        onnx_missing = merged_missing if len(merged_missing) < len(three_missing) else three_missing
+        files = None
+    missing += onnx_missing
+    if missing or files is None:
+        variant = " int8 (*_quantized.onnx)" if quantized else ""
+        hint = (
+            " Quantize the export first (onnxruntime.quantization.quantize_dynamic), or load it without "
+            "--quantized."
+            if quantized
+            else ""
+        )
+        raise ModelLoadError(
+            f"Model {model_id!r} ({model_dir}) is not a complete{variant} ONNX seq2seq export: missing "
+            f"{', '.join(missing)}. Expected {', '.join(CONFIG_FILES)} and either "
+            f"{' + '.join(p.name for p in three_file)} or {' + '.join(p.name for p in merged)}.{hint} "
+            f"{HOW_TO_FIX}"
+        )
+    return files
+
+
+def resolve_model_dir(
+    model: str | os.PathLike, quantized: bool = False, revision: str | None = None
+) -> tuple[str, Path]:
+    """(model id, local folder) for a local export folder or a Hub repo id.
+
+    A Hub repo is fetched with ``snapshot_download`` (normal cache; with HF_HUB_OFFLINE=1 it resolves
+    from the cache only), downloading just the files one layout needs.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(model), path
+    model_id = str(model)
+    if path.exists() or not _REPO_ID.match(model_id):
+        raise ModelLoadError(f"Model {model_id!r}: no such folder, and not a Hub repo id. {HOW_TO_FIX}")
+    return model_id, _download(model_id, quantized, revision)
+
+
+def _download(repo_id: str, quantized: bool, revision: str | None) -> Path:
+    # Imported here, not at the top: huggingface_hub reads HF_HUB_OFFLINE and the cache folder on import.
+    from huggingface_hub import snapshot_download
+
+    common = [*CONFIG_FILES, *OPTIONAL_FILES]
+    log.info("fetching model %s%s from the Hugging Face Hub (or its cache)", repo_id, " (int8)" * quantized)
+    try:
+        # The three-file layout first: a repo holding both layouts then costs no second decoder download.
+        folder = Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=common + _patterns(THREE_FILE_STEMS, quantized)
+            )
+        )
+        if not (folder / _onnx_name("decoder_with_past_model", quantized)).is_file():
+            folder = Path(
+                snapshot_download(
+                    repo_id, revision=revision, allow_patterns=common + _patterns(MERGED_STEMS, quantized)
+                )
+            )
+    except (OSError, ValueError) as error:
+        # OSError covers the Hub's errors (missing repo, revision, network, offline cache miss:
+        # all subclasses of requests' IOError or of OSError); ValueError a malformed repo id.
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        where = " (HF_HUB_OFFLINE is set, so only the local Hub cache was searched)" if offline else ""
+        revision_text = f" at revision {revision!r}" if revision else ""
+        raise ModelLoadError(
+            f"Could not get model {repo_id!r}{revision_text} from the Hugging Face Hub{where}, and there is "
+            f"no local folder of that name: "
+            f"{type(error).__name__}: {str(error).rstrip('.')}. {HOW_TO_FIX}"
+        ) from error
+    log.info("model %s is in %s", repo_id, folder)
+    return folder

@@ -1,0 +1,120 @@
+"""Loading by Hub repo id through the real huggingface_hub code path, offline, from a filled cache.
+
+Each check runs in a subprocess: huggingface_hub reads HF_HUB_CACHE and HF_HUB_OFFLINE when imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cqa.hub import DEFAULT_MODEL_ID
+
+REPO = Path(__file__).resolve().parents[1]
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def fill_hub_cache(cache: Path, repo_id: str, files: list[Path]) -> Path:
+    """Lay ``files`` out as huggingface_hub caches a download: blobs named by hash, snapshot symlinks,
+    and refs/main pointing at the commit. Returns the snapshot folder."""
+    repo_folder = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo_folder / "snapshots" / COMMIT
+    (repo_folder / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for path in files:
+        blob = repo_folder / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+        blob.write_bytes(path.read_bytes())
+        (snapshot / path.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo_folder / "refs").mkdir()
+    (repo_folder / "refs" / "main").write_text(COMMIT)
+    return snapshot
+
+
+def run_offline(cache: Path, script: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HOME", None)
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+LOAD_SCRIPT = """
+import json, sys
+from cqa.generator import ModelLoadError, Seq2SeqGenerator
+try:
+    generator = Seq2SeqGenerator.load({model!r}, threads=1, revision={revision!r})
+except ModelLoadError as error:
+    print(json.dumps({{"error": str(error)}}))
+    sys.exit(0)
+answer = generator.generate("the blog post is about the model", max_new_tokens=6, min_new_tokens=6)
+print(json.dumps({{"model_id": generator.model_id, "model_dir": str(generator.model_dir),
+                  "text": answer.text, "output_tokens": answer.output_tokens,
+                  "heavy": [m for m in ("torch", "transformers", "optimum") if m in sys.modules]}}))
+"""
+
+
+def load_offline(cache: Path, model: str, revision: str | None = None) -> dict:
+    result = run_offline(cache, LOAD_SCRIPT.format(model=model, revision=revision))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_loads_the_default_repo_id_from_the_hub_cache(tiny_dir, tmp_path):
+    from cqa.generator import Seq2SeqGenerator
+
+    export = tiny_dir / "onnx"
+    snapshot = fill_hub_cache(tmp_path / "hub", DEFAULT_MODEL_ID, sorted(export.iterdir()))
+
+    loaded = load_offline(tmp_path / "hub", DEFAULT_MODEL_ID)
+    assert "error" not in loaded, loaded
+    assert loaded["model_id"] == DEFAULT_MODEL_ID
+    assert Path(loaded["model_dir"]) == snapshot
+    assert loaded["output_tokens"] == 6
+    assert loaded["heavy"] == []  # the Hub path stays torch-free too
+    local = Seq2SeqGenerator.load(export, threads=1)
+    assert loaded["text"] == local.generate("the blog post is about the model", 6, 6).text
+
+    pinned = load_offline(tmp_path / "hub", DEFAULT_MODEL_ID, revision=COMMIT)
+    assert Path(pinned["model_dir"]) == snapshot
+    message = load_offline(tmp_path / "hub", DEFAULT_MODEL_ID, revision="v2")["error"]
+    assert "revision 'v2'" in message and "--model DIR" in message
+
+
+@pytest.mark.slow
+def test_loads_a_merged_export_from_the_hub_cache(tiny_dir, tmp_path):
+    from optimum.onnx import merge_decoders
+
+    export = tiny_dir / "onnx"
+    merged = tmp_path / "merged" / "decoder_model_merged.onnx"
+    merged.parent.mkdir()
+    merge_decoders(
+        export / "decoder_model.onnx", export / "decoder_with_past_model.onnx", save_path=merged, strict=False
+    )
+    files = [p for p in export.iterdir() if not p.name.startswith("decoder")] + [merged]
+    fill_hub_cache(tmp_path / "hub", "someone/merged-export", files)
+    loaded = load_offline(tmp_path / "hub", "someone/merged-export")
+    assert loaded.get("output_tokens") == 6, loaded
+
+
+def test_repo_not_in_the_cache_is_a_clear_error(tmp_path):
+    (tmp_path / "hub").mkdir()
+    loaded = load_offline(tmp_path / "hub", "someone/not-in-the-cache")
+    message = loaded["error"]
+    assert "someone/not-in-the-cache" in message
+    assert "HF_HUB_OFFLINE" in message
+    assert "--model DIR" in message and "python -m training.tiny" in message
+
+
+def test_incomplete_snapshot_names_the_missing_files(tiny_dir, tmp_path):
+    export = tiny_dir / "onnx"
+    files = [p for p in export.iterdir() if p.name != "encoder_model.onnx"]
+    fill_hub_cache(tmp_path / "hub", DEFAULT_MODEL_ID, files)
+    message = load_offline(tmp_path / "hub", DEFAULT_MODEL_ID)["error"]
+    assert DEFAULT_MODEL_ID in message and "missing encoder_model.onnx." in message
