@@ -147,7 +147,7 @@ def _download(repo_id: str, quantized: bool, revision: str | None) -> Path:
         raise ModelLoadError(
             f"Could not get model {repo_id!r}{revision_text} from the Hugging Face Hub{where}, and there is "
             f"no local folder of that name: "
-            f"{type(error).__name__}: {str(error).rstrip('.')}. {HOW_TO_FIX}"
+            f"{type(error).__name__}: {str(error).strip().rstrip('.')}. {HOW_TO_FIX}"
         ) from error
     log.info("model %s is in %s", repo_id, folder)
     return folder

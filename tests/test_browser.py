@@ -1,0 +1,146 @@
+"""The chat page in a real browser: Playwright (sync API) driving Debian's Chromium, never a downloaded one.
+
+Skips when /usr/bin/chromium is missing, unless CQA_REQUIRE_BROWSER=1 (CI), where that is a failure.
+Leaves a screenshot at artifacts/chat.png; copy a good one to docs/screenshot.png for the README.
+CQA_BROWSER_MODEL=DIR runs the page on another ONNX export (e.g. the real model, for the screenshot).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from app import DEFAULT_DOCUMENT, build_app
+from cqa.documents import load_document_file
+from cqa.generator import Seq2SeqGenerator
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ANSWER_TIMEOUT_MS = 60_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing (apt-get install chromium, or bash .ci/install-chromium)"
+        if os.environ.get("CQA_REQUIRE_BROWSER") == "1":
+            pytest.fail(message + "; CQA_REQUIRE_BROWSER=1 makes that a failure")
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_dir) -> str:
+    model = os.environ.get("CQA_BROWSER_MODEL") or tiny_dir / "onnx"
+    generator = Seq2SeqGenerator.load(model, threads=1)
+    document = load_document_file(DEFAULT_DOCUMENT)
+    demo = build_app(generator, document, max_input_tokens=2048, max_new_tokens=12)  # short, for speed
+    demo.queue(max_size=16)
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    page = browser.new_page(viewport={"width": 1100, "height": 1000})
+    page.dialogs = []  # every alert/confirm/prompt the page opens
+    page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(app_url)
+    page.locator("#question textarea").wait_for()
+    yield page
+    page.close()
+
+
+def ask(page, question: str, n_answers_before: int) -> str:
+    """Type ``question``, press Enter, and return the finished answer's text (which ends with its stats)."""
+    box = page.locator("#question textarea")
+    box.fill(question)
+    box.press("Enter")
+    answer = page.locator('#chatbot [data-testid="bot"]').nth(n_answers_before)
+    answer.filter(has_text=re.compile(r"tokens in · \d+ out")).wait_for(timeout=ANSWER_TIMEOUT_MS)
+    return answer.inner_text()
+
+
+def test_two_turns_and_the_model_input(page):
+    header = page.locator("#header").inner_text()
+    assert "How This Chatbot Works" in header and "words" in header
+
+    first = ask(page, "What is this document about?", 0)
+    assert re.search(r"\d+\.\d s · [\d,]+ tokens in · \d+ out", first)
+    ask(page, "Which model does the chatbot use?", 1)
+    users = page.locator('#chatbot [data-testid="user"]')
+    assert users.count() == 2
+    assert users.nth(1).inner_text() == "Which model does the chatbot use?"
+    assert page.locator("#question textarea").input_value() == ""
+
+    page.get_by_text("What the model sees").click()
+    dialogue = page.get_by_label("The model input after the document").input_value()
+    assert dialogue.startswith(" || <Q1> What is this document about? <A1> ")
+    assert dialogue.endswith("<Q> Which model does the chatbot use? <A> ")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat.png"), full_page=True)
+
+
+def test_markup_in_a_question_is_shown_as_text_and_never_runs(page):
+    question = "Is <img src=x onerror=alert(1)> shown as <b>text</b>?"
+    ask(page, question, 0)
+    shown = page.locator('#chatbot [data-testid="user"]').first
+    assert shown.inner_text() == question
+    assert page.locator("#chatbot img[src='x']").count() == 0
+    assert shown.locator("b").count() == 0
+    page.wait_for_timeout(500)  # give a stray onerror handler time to fire
+    assert page.dialogs == []
+
+
+def test_clear_empties_the_conversation(page):
+    ask(page, "What is this document about?", 0)
+    page.locator("#clear").click()
+    page.get_by_text("The conversation was cleared.").wait_for()
+    assert page.locator('#chatbot [data-testid="bot"]').count() == 0
+
+
+def test_a_full_queue_tells_the_user_to_try_again(browser, tiny_dir):
+    generator = Seq2SeqGenerator.load(tiny_dir / "onnx", threads=1)
+    demo = build_app(generator, load_document_file(DEFAULT_DOCUMENT), max_input_tokens=256)
+    demo.queue(max_size=0)  # every request finds the queue full
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    page = browser.new_page()
+    try:
+        page.goto(f"http://127.0.0.1:{port}/")
+        box = page.locator("#question textarea")
+        box.fill("Is anyone there?")
+        box.press("Enter")
+        page.get_by_text("This application is currently busy. Please try again.").wait_for()
+        assert box.input_value() == "Is anyone there?"  # nothing lost: send it again later
+    finally:
+        page.close()
+        demo.close()
