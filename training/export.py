@@ -1,29 +1,467 @@
-"""ONNX export of a LongT5 checkpoint in the published three-file layout.
+"""ONNX export of a LongT5 checkpoint in the published three-file layout, with a parity gate, and int8.
 
-(Minimal first version: the parity gate, int8 and the CLI come with the release-path work.)
+    python -m training.export CHECKPOINT OUT [--quantize int8] [--int8-out DIR]
+
+OUT gets `encoder_model.onnx`, `decoder_model.onnx` (decoder + LM head), `decoder_with_past_model.onnx`
+(the same decoder reading the key/value cache), config.json, generation_config.json, the tokenizer files,
+parity.json (the gate's figures) and a README.md model card. Both the `cqa` runtime and optimum's
+`ORTModelForSeq2SeqLM.from_pretrained(OUT, use_merged=False)` load it.
+
+How a bad export is kept from being published: the export is written to a staging folder beside OUT
+(`.OUT.staging`), the parity gate runs on it, and only when the gate passes is it moved to OUT (an older OUT
+is replaced only then). A failed gate raises ParityError (the CLI exits 1) and leaves OUT as it was.
+
+The gate, at input lengths 8, 40, 300, 1500 and 5000 tokens (around and far beyond the TGlobal block sizes):
+  - the decoder logits of ONNX Runtime and PyTorch agree to a relative error (max |diff| / max |logit|)
+    under 1e-4;
+  - greedy answers (ONNX Runtime with the key/value cache, and PyTorch) are the same tokens.
+The trace length is chosen well above 2 x global_block_size and above 3 local blocks: LongT5's
+`if num_globals > 0` is a Python branch, frozen at trace time (tracing a short input bakes in "no global
+tokens" and breaks every longer input).
+
+`--quantize int8` also writes a dynamic-int8 copy (onnxruntime.quantization.quantize_dynamic) with the
+same file names, so the runtime loads it like any export folder; its greedy agreement with fp32 is
+reported in int8.json (a fraction: quantization is allowed to change some answers).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import math
 import shutil
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+log = logging.getLogger("training.export")
+
 ONNX_FILES = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
+PARITY_LENGTHS = (8, 40, 300, 1500, 5000)
+MAX_RELATIVE_ERROR = (
+    1e-4  # measured today: ~3e-7 on LongT5-base; a broken graph is off by orders of magnitude
+)
+PARITY_NEW_TOKENS = 16  # greedy tokens compared per length
+TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+CONFIG_FILES = ("config.json", "generation_config.json")
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path) -> Path:
-    """Export ``checkpoint`` to ``out``: three ONNX files, config, generation config, tokenizer."""
-    from optimum.exporters.onnx import main_export
+class ExportError(RuntimeError):
+    """The checkpoint could not be exported (bad path, not a LongT5, optimum failure)."""
 
-    out = Path(out)
-    main_export(
-        str(checkpoint),
-        out,
-        task="text2text-generation-with-past",
-        no_post_process=True,  # keep the three-file layout of the published export (no merged decoder)
-        do_validation=False,
-    )
-    for name in ("spiece.model",):
-        if (Path(checkpoint) / name).exists() and not (out / name).exists():
-            shutil.copy(Path(checkpoint) / name, out / name)
+
+class ParityError(RuntimeError):
+    """The exported model does not compute what the PyTorch model computes."""
+
+
+@dataclass
+class ParityReport:
+    lengths: list[int]
+    max_relative_error: list[float]  # per length: max |onnx - torch| / max |torch| over the logits
+    greedy_equal: list[bool]  # per length
+    tolerance: float = MAX_RELATIVE_ERROR
+    new_tokens: int = PARITY_NEW_TOKENS
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)  # ONNX Runtime errors, per failed length
+
+    @property
+    def passed(self) -> bool:
+        return all(e <= self.tolerance for e in self.max_relative_error) and all(self.greedy_equal)
+
+    def summary(self) -> str:
+        rows = [
+            f"{n:>5} tokens: max rel err {e:.1e}, greedy {'equal' if g else 'DIFFERENT'}"
+            for n, e, g in zip(self.lengths, self.max_relative_error, self.greedy_equal, strict=True)
+        ]
+        return "\n".join(rows + self.failures)
+
+    def to_dict(self) -> dict:
+        errors = [e if math.isfinite(e) else None for e in self.max_relative_error]  # JSON has no inf
+        return {**asdict(self), "max_relative_error": errors, "passed": self.passed}
+
+
+@dataclass
+class Int8Report:
+    settings: dict
+    lengths: list[int]
+    greedy_equal: list[bool]  # int8 vs fp32 ONNX, per length
+    size_mb: dict = field(default_factory=dict)  # per file
+    seconds: float = 0.0
+
+    @property
+    def agreement(self) -> float:
+        return sum(self.greedy_equal) / len(self.greedy_equal) if self.greedy_equal else float("nan")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "agreement": self.agreement}
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def setup_logging() -> None:
+    """Our progress lines at INFO; other libraries (onnxruntime's quantizer logs a line per node) quieter."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("training").setLevel(logging.INFO)
+
+
+def trace_length_for(config) -> int:
+    """A trace length well above 2 x global_block_size and 3 local blocks, not a multiple of either."""
+    block_len = config.local_radius + 1
+    return max(4 * config.global_block_size, 3 * block_len) + 7
+
+
+def _attention_patch(model, fast_attention: bool):
+    """The speed engineer's export-time attention rewrite, when that module exists (same math)."""
+    if not fast_attention:
+        return nullcontext()
+    try:
+        from training.onnx_patches import patch_longt5_for_export
+    except ImportError:
+        return nullcontext()
+    log.info("export: using training.onnx_patches.patch_longt5_for_export")
+    return patch_longt5_for_export(model)
+
+
+def _export_unchecked(checkpoint: Path, out: Path, trace_length: int | None, fast_attention: bool) -> None:
+    """optimum's exporter on a model we load ourselves (so the attention patch can wrap it)."""
+    from optimum.exporters.onnx import onnx_export_from_model
+    from optimum.utils.save_utils import maybe_load_preprocessors
+    from transformers import AutoModelForSeq2SeqLM
+
+    try:
+        model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint).eval()
+    except (OSError, ValueError) as error:  # missing or unreadable weights, unknown model type
+        raise ExportError(f"could not load the checkpoint {checkpoint}: {error}") from error
+    if model.config.model_type != "longt5":
+        raise ExportError(f"{checkpoint} is a {model.config.model_type!r} model, expected 'longt5'")
+    model.config.use_cache = True  # what main_export does for "-with-past"
+    length = trace_length or trace_length_for(model.config)
+    with _attention_patch(model, fast_attention):
+        onnx_export_from_model(
+            model,
+            out,
+            task="text2text-generation-with-past",
+            no_post_process=True,  # keep the three-file layout of the published export (no merged decoder)
+            do_validation=False,  # our own gate below is stricter (several lengths, greedy outputs)
+            preprocessors=maybe_load_preprocessors(str(checkpoint)),
+            batch_size=1,
+            sequence_length=length,
+        )
+    for name in TOKENIZER_FILES:  # the slow-tokenizer vocabulary too, when the checkpoint has one
+        if (checkpoint / name).exists() and not (out / name).exists():
+            shutil.copy(checkpoint / name, out / name)
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move a checked staging folder to ``out``, replacing an older one only now."""
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_onnx(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    fast_attention: bool = True,
+    trace_length: int | None = None,
+    parity_lengths: Sequence[int] = PARITY_LENGTHS,
+    gate: bool = True,
+    card: str | None = None,
+) -> Path:
+    """Export ``checkpoint`` to ``out`` (three ONNX files, configs, tokenizer, parity.json, README.md).
+
+    With ``gate`` (the default) the parity gate must pass before anything appears at ``out``: ParityError
+    otherwise. ``card`` is the README.md text (default: the model card template with what is known here).
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    if not (checkpoint / "config.json").exists():
+        raise ExportError(f"{checkpoint} is not a model checkpoint (no config.json)")
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    start = time.perf_counter()
+    try:
+        _export_unchecked(checkpoint, staging, trace_length, fast_attention)
+        log.info("export: ONNX written to %s in %.1f s", staging, time.perf_counter() - start)
+        if gate:
+            report = check_parity(checkpoint, staging, parity_lengths)
+            (staging / "parity.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            log.info("export: parity gate at %s\n%s", list(parity_lengths), report.summary())
+            if not report.passed:
+                raise ParityError(
+                    f"the ONNX export of {checkpoint} does not match PyTorch "
+                    f"(tolerance {report.tolerance:.0e}, greedy outputs must be equal):\n{report.summary()}"
+                )
+        (staging / "README.md").write_text(card if card is not None else _default_card(staging))
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("export: %s ready in %.1f s", out, time.perf_counter() - start)
     return out
+
+
+def _default_card(folder: Path) -> str:
+    from training.hub import render_card
+
+    return render_card(_card_fields_from_folder(folder))
+
+
+def _card_fields_from_folder(folder: Path) -> dict:
+    fields: dict = {"variant": "ONNX"}
+    parity = folder / "parity.json"
+    if parity.exists():
+        fields["parity_max_rel_error"] = f"{max(json.loads(parity.read_text())['max_relative_error']):.1e}"
+    return fields
+
+
+# ------------------------------------------------------------------------------------------ parity gate
+
+
+def parity_inputs(length: int, seed: int = 0):
+    """A deterministic input of ``length`` token ids (ordinary pieces, then </s>), shape (1, length)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed + length)
+    ids = torch.randint(3, 32_000, (1, length), generator=generator)
+    ids[0, -1] = 1  # </s>, as the tokenizer would end it
+    return ids
+
+
+def load_ort_model(onnx_dir: str | Path, threads: int | None = None):
+    """optimum's ORTModelForSeq2SeqLM on the three-file layout (no merged decoder)."""
+    import onnxruntime
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ORTModelForSeq2SeqLM.from_pretrained(onnx_dir, use_merged=False, session_options=options)
+
+
+def _greedy(model, input_ids, new_tokens: int):
+    """Greedy tokens and the raw logits of each step, shape (steps, vocab)."""
+    import torch
+
+    with torch.inference_mode():
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            num_beams=1,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    return output.sequences[0].tolist(), torch.stack(output.logits, dim=1)[0]
+
+
+def _relative_error(got, want, steps: int) -> float:
+    """max |got - want| / max |want| over the first ``steps`` decoding steps."""
+    got, want = got[:steps], want[:steps]
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def check_parity(
+    checkpoint: str | Path,
+    onnx_dir: str | Path,
+    lengths: Sequence[int] = PARITY_LENGTHS,
+    new_tokens: int = PARITY_NEW_TOKENS,
+    tolerance: float = MAX_RELATIVE_ERROR,
+) -> ParityReport:
+    """Compare the ONNX export in ``onnx_dir`` with the PyTorch ``checkpoint`` (see the module docs).
+
+    Greedy decoding runs on both, with the raw logits of every step: the first step exercises
+    `decoder_model.onnx`, the later ones `decoder_with_past_model.onnx`. Logits are compared on the steps
+    both runs share (all of them when the outputs are equal). An ONNX Runtime failure at some length
+    counts as a failed length (error: inf), not as a crash.
+    """
+    from transformers import AutoModelForSeq2SeqLM
+
+    start = time.perf_counter()
+    reference = AutoModelForSeq2SeqLM.from_pretrained(checkpoint).eval()
+    exported = load_ort_model(onnx_dir)
+    errors, equal, failures = [], [], []
+    for length in lengths:
+        input_ids = parity_inputs(length)
+        want_tokens, want_logits = _greedy(reference, input_ids, new_tokens)
+        try:
+            got_tokens, got_logits = _greedy(exported, input_ids, new_tokens)
+        except Exception as error:  # onnxruntime raises its own Fail/InvalidArgument types
+            errors.append(float("inf"))
+            equal.append(False)
+            failures.append(f"{length} tokens: ONNX Runtime failed: {str(error).splitlines()[0][:300]}")
+            continue
+        shared = next(
+            (i for i, (a, b) in enumerate(zip(got_tokens[1:], want_tokens[1:], strict=False)) if a != b),
+            min(len(got_tokens), len(want_tokens)) - 1,
+        )
+        errors.append(_relative_error(got_logits, want_logits, shared + 1))
+        equal.append(got_tokens == want_tokens)
+        log.debug("parity at %d tokens: %.2e, greedy equal %s", length, errors[-1], equal[-1])
+    return ParityReport(
+        list(lengths),
+        errors,
+        equal,
+        tolerance,
+        new_tokens,
+        round(time.perf_counter() - start, 2),
+        failures,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- int8
+
+# Dynamic int8 settings, the ones measured in bench/NOTES.md (section 2.2): signed int8 weights with
+# unsigned activations (ONNX Runtime's U8S8 VNNI kernels, so no reduce_range), per-channel scales (better
+# accuracy, same speed), MatMul only (projections, feed-forward, LM head; embeddings stay exact).
+# keep_fp32: node-name patterns left unquantized (e.g. "/lm_head/"); on the smoke model keeping the LM
+# head in fp32 did not raise agreement, so everything MatMul is quantized by default.
+INT8_DEFAULTS = dict(
+    per_channel=True, reduce_range=False, weight_type="QInt8", op_types=("MatMul",), keep_fp32=()
+)
+
+
+def quantize_int8(
+    onnx_dir: str | Path,
+    out: str | Path,
+    *,
+    per_channel: bool = INT8_DEFAULTS["per_channel"],
+    reduce_range: bool = INT8_DEFAULTS["reduce_range"],
+    weight_type: str = INT8_DEFAULTS["weight_type"],
+    op_types: Sequence[str] | None = INT8_DEFAULTS["op_types"],
+    keep_fp32: Sequence[str] = INT8_DEFAULTS["keep_fp32"],
+    agreement_lengths: Sequence[int] = PARITY_LENGTHS,
+    card: str | None = None,
+) -> Int8Report:
+    """Dynamic-int8 copy of the fp32 export in ``onnx_dir``, written to ``out`` with the same file names.
+
+    ``keep_fp32``: nodes whose name contains one of these strings stay fp32 (default: none).
+    Reports (and writes to OUT/int8.json) the fraction of ``agreement_lengths`` where int8 and fp32
+    greedy outputs are equal. Written to a staging folder first, like the export.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    onnx_dir, out = Path(onnx_dir), Path(out)
+    missing = [name for name in ONNX_FILES if not (onnx_dir / name).exists()]
+    if missing:
+        raise ExportError(f"{onnx_dir} is not an ONNX export: missing {', '.join(missing)}")
+    start = time.perf_counter()
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    settings = dict(
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        weight_type=weight_type,
+        op_types=list(op_types) if op_types else None,
+        keep_fp32=list(keep_fp32),
+    )
+    try:
+        for name in ONNX_FILES:
+            quantize_dynamic(
+                onnx_dir / name,
+                staging / name,
+                op_types_to_quantize=settings["op_types"],
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                weight_type=QuantType[weight_type],
+                nodes_to_exclude=_nodes_named(onnx_dir / name, keep_fp32),
+            )
+        for path in onnx_dir.iterdir():  # configs and tokenizer, as they are
+            if path.is_file() and path.suffix != ".onnx" and path.name not in ("README.md", "parity.json"):
+                shutil.copy(path, staging / path.name)
+        log.info("int8: quantized %s in %.1f s", onnx_dir, time.perf_counter() - start)
+        fp32, int8 = load_ort_model(onnx_dir), load_ort_model(staging)
+        equal = []
+        for length in agreement_lengths:
+            input_ids = parity_inputs(length)
+            int8_tokens, _ = _greedy(int8, input_ids, PARITY_NEW_TOKENS)
+            fp32_tokens, _ = _greedy(fp32, input_ids, PARITY_NEW_TOKENS)
+            equal.append(int8_tokens == fp32_tokens)
+        report = Int8Report(
+            settings,
+            list(agreement_lengths),
+            equal,
+            {name: round((staging / name).stat().st_size / 1e6, 2) for name in ONNX_FILES},
+            round(time.perf_counter() - start, 2),
+        )
+        (staging / "int8.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        (staging / "README.md").write_text(card if card is not None else _default_int8_card(report))
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("int8: %s ready, greedy agreement with fp32 %.0f%%", out, 100 * report.agreement)
+    return report
+
+
+def _nodes_named(path: Path, patterns: Sequence[str]) -> list[str]:
+    """Names of the graph's nodes that contain one of ``patterns`` (weights are not loaded)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [node.name for node in graph.node if any(pattern in node.name for pattern in patterns)]
+
+
+def _default_int8_card(report: Int8Report) -> str:
+    from training.hub import render_card
+
+    return render_card({"variant": "ONNX, dynamic int8", "int8_agreement": f"{report.agreement:.2f}"})
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("checkpoint", type=Path, help="a PyTorch LongT5 checkpoint folder")
+    parser.add_argument("out", type=Path, help="the export folder to write")
+    parser.add_argument("--quantize", choices=["int8"], help="also write a dynamic-int8 copy")
+    parser.add_argument("--int8-out", type=Path, help="where the int8 copy goes (default: OUT-int8)")
+    parser.add_argument(
+        "--per-tensor", action="store_true", help="int8: one scale per tensor, not per channel"
+    )
+    parser.add_argument(
+        "--op-types", nargs="+", default=list(INT8_DEFAULTS["op_types"]), help="int8: the ops to quantize"
+    )
+    parser.add_argument("--no-fast-attention", action="store_true", help="export the attention as is")
+    parser.add_argument("--trace-length", type=int, help="tokens in the tracing input (default: automatic)")
+    parser.add_argument(
+        "--parity-lengths", type=int, nargs="+", default=list(PARITY_LENGTHS), help="gate input lengths"
+    )
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        export_onnx(
+            args.checkpoint,
+            args.out,
+            fast_attention=not args.no_fast_attention,
+            trace_length=args.trace_length,
+            parity_lengths=args.parity_lengths,
+        )
+        if args.quantize == "int8":
+            int8_out = args.int8_out or args.out.with_name(args.out.name + "-int8")
+            quantize_int8(
+                args.out,
+                int8_out,
+                per_channel=not args.per_tensor,
+                op_types=args.op_types,
+                agreement_lengths=args.parity_lengths,
+            )
+    except (ExportError, ParityError) as error:
+        print(f"export failed: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

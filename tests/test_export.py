@@ -1,0 +1,150 @@
+"""The release export: three-file ONNX layout, the parity gate (seen passing and failing), int8."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from cqa.format import build_model_input
+from training import export
+
+CONTEXT = "The blog post explains how a long model reads a long document and answers questions about it."
+QUESTION = "What does the model read?"
+
+
+def _hf_tokens(model, tokenizer, text: str, new_tokens: int) -> list[int]:
+    """transformers' greedy generate (PyTorch or optimum's ORT model), start and </s> removed."""
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    output = model.generate(input_ids=ids, max_new_tokens=new_tokens, do_sample=False, num_beams=1)
+    return [t for t in output[0].tolist()[1:] if t != tokenizer.eos_token_id]
+
+
+def test_export_layout_and_both_loaders_agree_with_pytorch(tiny_dir):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    onnx_dir = tiny_dir / "onnx"
+    for name in [*export.ONNX_FILES, "config.json", "generation_config.json", "tokenizer.json", "README.md"]:
+        assert (onnx_dir / name).is_file(), name
+    assert not (onnx_dir / "decoder_model_merged.onnx").exists()
+    assert not list(tiny_dir.glob(".*staging*")), "the staging folder was left behind"
+
+    parity = json.loads((onnx_dir / "parity.json").read_text())
+    assert 8 in parity["lengths"] and len(parity["lengths"]) >= 3  # all 5 by default (the pipeline test)
+    assert parity["passed"] and all(parity["greedy_equal"])
+    assert max(parity["max_relative_error"]) < export.MAX_RELATIVE_ERROR
+    card = (onnx_dir / "README.md").read_text()
+    assert card.startswith("---\n") and "pipeline_tag: text2text-generation" in card
+    assert f"{max(parity['max_relative_error']):.1e}" in card  # the real figure, not a placeholder
+
+    text = build_model_input(CONTEXT, [("Who wrote it?", "A team.")], QUESTION)
+    tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
+    reference = _hf_tokens(AutoModelForSeq2SeqLM.from_pretrained(tiny_dir / "model"), tokenizer, text, 12)
+    optimum_model = export.load_ort_model(onnx_dir)
+    assert not optimum_model.use_merged
+    assert _hf_tokens(optimum_model, tokenizer, text, 12) == reference
+    assert len(reference) > 0
+
+    from cqa.generator import Seq2SeqGenerator
+
+    generator = Seq2SeqGenerator.load(onnx_dir, threads=1)
+    answer = generator.generate(text, max_new_tokens=12)
+    assert answer.text == generator.tokenizer.decode(reference, skip_special_tokens=True)
+
+
+def _corrupt_biggest_initializer(path: Path) -> str:
+    """Scale the largest float weight of an ONNX file by 1.5 (a silently wrong export)."""
+    model = onnx.load(str(path))
+    weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    target = max(weights, key=lambda i: np.prod(i.dims))
+    array = numpy_helper.to_array(target) * 1.5
+    target.CopyFrom(numpy_helper.from_array(array.astype(np.float32), target.name))
+    onnx.save(model, str(path))
+    return target.name
+
+
+@pytest.mark.slow
+def test_parity_gate_catches_a_corrupted_encoder_weight(tiny_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir / "onnx", broken)
+    _corrupt_biggest_initializer(broken / "encoder_model.onnx")
+
+    report = export.check_parity(tiny_dir / "model", broken, lengths=(40, 300))
+    assert not report.passed
+    assert min(report.max_relative_error) > 100 * export.MAX_RELATIVE_ERROR
+    assert "max rel err" in report.summary()
+
+    intact = export.check_parity(tiny_dir / "model", tiny_dir / "onnx", lengths=(40,))
+    assert intact.passed
+
+
+@pytest.mark.slow
+def test_short_trace_export_fails_the_gate_and_publishes_nothing(tiny_dir, tmp_path, capsys):
+    # The old TGlobal bug: tracing with fewer tokens than global_block_size (4 in the tiny model) bakes
+    # `num_globals == 0` into the graph, which breaks every longer input.
+    out = tmp_path / "onnx"
+    out.mkdir()
+    (out / "previous-release.txt").write_text("an older, good export")
+    code = export.main(
+        [str(tiny_dir / "model"), str(out), "--trace-length", "3", "--parity-lengths", "8", "40"]
+    )
+    assert code == 1
+    assert "export failed" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["previous-release.txt"], "the old release must stay as it was"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"], "no staging folder left behind"
+
+
+def test_export_refuses_a_folder_that_is_not_a_checkpoint(tmp_path, capsys):
+    assert export.main([str(tmp_path / "nothing"), str(tmp_path / "out")]) == 1
+    assert "not a model checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_cli_export_with_int8(tiny_dir, tmp_path):
+    from cqa.generator import Seq2SeqGenerator
+
+    out = tmp_path / "release" / "onnx"
+    code = export.main(
+        [str(tiny_dir / "model"), str(out), "--quantize", "int8", "--parity-lengths", "8", "300", "1500"]
+    )
+    assert code == 0
+    int8_dir = tmp_path / "release" / "onnx-int8"
+    for name in [*export.ONNX_FILES, "config.json", "tokenizer.json", "README.md", "int8.json"]:
+        assert (int8_dir / name).is_file(), name
+
+    ops = {node.op_type for node in onnx.load(str(int8_dir / "encoder_model.onnx")).graph.node}
+    assert "DynamicQuantizeLinear" in ops and ("MatMulInteger" in ops or "MatMulIntegerToFloat" in ops)
+    report = json.loads((int8_dir / "int8.json").read_text())
+    assert report["lengths"] == [8, 300, 1500]
+    assert 0.0 <= report["agreement"] <= 1.0
+    assert report["agreement"] == sum(report["greedy_equal"]) / 3
+    assert report["settings"]["weight_type"] == "QInt8"
+    assert "dynamic int8" in (int8_dir / "README.md").read_text()
+
+    # The runtime loads the int8 folder like any export folder.
+    answer = Seq2SeqGenerator.load(int8_dir, threads=1).generate(build_model_input(CONTEXT, [], QUESTION), 8)
+    assert answer.done and answer.output_tokens > 0
+
+
+@pytest.mark.slow
+def test_gate_catches_the_stock_export_failing_below_one_global_block(tmp_path):
+    # The released model has global_block_size 16: an 8-token input has no global block at all. The
+    # stock LongT5 graph fails there in ONNX Runtime; the gate must say so, and publish nothing.
+    from training.tiny import build_tiny_model, build_tokenizer
+
+    checkpoint = tmp_path / "model"
+    build_tiny_model(0, global_block_size=16, local_radius=8).save_pretrained(checkpoint)
+    build_tokenizer().save_pretrained(checkpoint)
+    with pytest.raises(export.ParityError, match="8 tokens: ONNX Runtime failed"):
+        export.export_onnx(checkpoint, tmp_path / "stock", fast_attention=False, parity_lengths=(8, 40))
+    assert not (tmp_path / "stock").exists()
+
+    pytest.importorskip("training.onnx_patches")
+    export.export_onnx(checkpoint, tmp_path / "patched", parity_lengths=(8, 15, 17, 40))
+    assert json.loads((tmp_path / "patched" / "parity.json").read_text())["passed"]

@@ -1,0 +1,158 @@
+"""The release pipeline: model cards, Hub upload plans (offline), and the whole --smoke path end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from training.hub import Upload, folder_files, push, push_folder, quantized_files, render_card
+from training.pipeline import card_fields
+
+REPO = Path(__file__).resolve().parents[1]
+PLACEHOLDER = re.compile(r"\$\{?[A-Za-z_]\w*")
+
+
+def _front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_card_template_renders_with_nothing_known():
+    card = render_card({})
+    assert not PLACEHOLDER.search(card), PLACEHOLDER.search(card)
+    assert "| stage 1 (SQuAD 2.0 + CoQA validation) | n/a | n/a |" in card
+    meta = _front_matter(card)
+    assert meta["pipeline_tag"] == "text2text-generation"
+    assert meta["base_model"] == "google/long-t5-tglobal-base"
+    assert meta["license"] and meta["language"] == ["en"]
+    assert "rajpurkar/squad_v2" in meta["datasets"] and "stanfordnlp/coqa" in meta["datasets"]
+    for license_text in ("CC BY-SA 4.0", "CC BY 4.0", "MSR-LA"):
+        assert license_text in card
+
+
+def test_card_shows_the_run_numbers():
+    stage1 = dict(name="stage1", f1=74.2912, exact=61.5, epochs=3.0, best_step=1200, seconds=5400)
+    stage1.update(data="squad_v2 + coqa", learning_rate=0.0001, batch_size=16, max_input_tokens=4096)
+    stage2 = dict(name="stage2", f1=54.77, exact=None, epochs=166.0, best_step=830, seconds=600)
+    settings = {"weight_type": "QInt8", "per_channel": True, "op_types": ["MatMul"]}
+    results = {
+        "stages": [stage1, stage2],
+        "export": {"lengths": [8, 40], "max_relative_error": [3e-7, 4.2e-7]},
+        "int8": {"agreement": 0.8, "settings": settings},
+        "evaluation": {"int8_vs_fp32_f1": 0.9731},
+    }
+    card = render_card({**card_fields(results, "me/cqa", smoke=False), "variant": "ONNX"})
+    assert not PLACEHOLDER.search(card)
+    assert "| stage 1 (SQuAD 2.0 + CoQA validation) | 74.29 | 61.50 |" in card
+    assert "| stage 2 (TryoCoQA validation, 15%) | 54.77 | n/a |" in card
+    assert "| best step | 1200 | 830 |" in card and "| training time | 90.0 min | 10.0 min |" in card
+    assert "4.2e-07" in card and "8, 40" in card and "80%" in card and "0.973" in card
+    assert "# me/cqa (ONNX)" in card and "me/cqa-onnx" in card
+    assert "Smoke-test model" not in card
+    assert "Smoke-test model" in render_card(card_fields({}, None, smoke=True))
+
+
+def test_upload_plan_offline(tmp_path):
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    (folder / "README.md").write_text("card")
+    (folder / "encoder_model.onnx").write_bytes(b"x" * 2_000_000)
+    (folder / ".cache").write_text("bookkeeping, not for the Hub")
+    int8 = tmp_path / "onnx-int8"
+    int8.mkdir()
+    (int8 / "encoder_model.onnx").write_bytes(b"y" * 1000)
+    (int8 / "int8.json").write_text("{}")
+
+    planned = push_folder(folder, "org/name-onnx", dry_run=True)
+    assert [name for _, name in planned.files] == ["README.md", "encoder_model.onnx"]
+    assert "org/name-onnx: 2 files, 2.00 MB" in planned.listing()
+    assert [name for _, name in quantized_files(int8)] == ["encoder_model_quantized.onnx", "int8.json"]
+
+    with pytest.raises(ValueError, match="not a Hub repo id"):
+        push_folder(folder, "no-slash", dry_run=True)
+    with pytest.raises(FileNotFoundError, match=r"README\.md"):
+        push(Upload("org/name", folder_files(int8)), dry_run=True)
+    with pytest.raises(FileNotFoundError, match="nothing to upload"):
+        folder_files(tmp_path / "missing")
+
+
+def _run_pipeline(*args: str, timeout: int = 600) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "training.pipeline", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return done, time.perf_counter() - start
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "smoke"
+    done, _ = _run_pipeline("--smoke", "--output", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    results = json.loads((out / "results.json").read_text())
+    assert [s["name"] for s in results["stages"]] == ["stage1", "stage2"]
+    for stage in results["stages"]:
+        for key in ("f1", "exact", "epochs", "best_step", "seconds"):
+            assert stage[key] is not None, (stage["name"], key)
+    assert results["export"]["passed"] and results["export"]["lengths"] == [8, 40, 300, 1500, 5000]
+    assert 0.0 <= results["int8"]["agreement"] <= 1.0
+    evaluation = results["evaluation"]
+    assert evaluation["examples"] > 0 and evaluation["int8_gate_passed"]
+    assert evaluation["int8_vs_fp32_f1"] >= 0.95
+    predictions = json.loads((out / "evaluation.json").read_text())["predictions"]
+    assert len(predictions) == evaluation["examples"] and all(p["int8"] is not None for p in predictions)
+
+    for folder in ("model", "onnx", "onnx-int8"):
+        card = (out / folder / "README.md").read_text()
+        assert not PLACEHOLDER.search(card), folder
+        assert "Smoke-test model" in card
+        assert f"{results['stages'][1]['f1']:.2f}" in card  # the real stage-2 F1
+        assert f"{max(results['export']['max_relative_error']):.1e}" in card
+    assert (out / "model" / "model.safetensors").is_file()
+    assert not (out / "model" / "training_args.bin").exists()
+    assert all((out / "onnx-int8" / name).is_file() for name in ("encoder_model.onnx", "int8.json"))
+    for step in ("base", "stage1", "stage2", "model", "export", "int8", "evaluation", "cards"):
+        assert re.search(rf"\[pipeline\] {step}\s+done in [0-9.]+ s", done.stderr), step
+
+    # Again, with an upload plan: every step is skipped and nothing touches the network.
+    again, seconds = _run_pipeline("--smoke", "--output", str(out), "--push-to-hub", "x/y", "--dry-run")
+    assert again.returncode == 0, again.stderr[-3000:]
+    for step in ("stage1", "stage2", "model", "export", "int8", "evaluation"):
+        assert re.search(rf"\[pipeline\] {step}\s+skipped", again.stderr), step
+    assert seconds < 60
+    assert "would upload to https://huggingface.co/x/y:" in again.stdout
+    assert "would upload to https://huggingface.co/x/y-onnx:" in again.stdout
+    for name in (
+        "model.safetensors",
+        "decoder_with_past_model.onnx",
+        "encoder_model_quantized.onnx",
+        "README.md",
+    ):
+        assert name in again.stdout
+    assert "# x/y (PyTorch)" in (out / "model" / "README.md").read_text()
+
+
+def test_pipeline_cli_rejects_bad_arguments(tmp_path):
+    from training.pipeline import main
+
+    with pytest.raises(SystemExit):
+        main(["--output", str(tmp_path)])  # neither --config nor --smoke
+    with pytest.raises(SystemExit):
+        main(["--config", str(tmp_path / "missing.yaml"), "--output", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["--smoke", "--output", str(tmp_path), "--push-to-hub", "noslash"])
