@@ -1,0 +1,338 @@
+"""The two-stage training (training/train.py) on CPU with tiny random LongT5 models."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cqa.format import build_model_input
+from training.train import (
+    Recipe,
+    RecipeError,
+    add_dialogue_tokens,
+    build_dataset,
+    load_recipe,
+    parse_overrides,
+    recipe_from_dict,
+    split_model_input,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "training" / "recipes"
+
+
+def smoke_recipe(name: str, out: Path, **overrides) -> Recipe:
+    """A smoke recipe made quick for tests: few validation examples, short generation."""
+    return load_recipe(
+        RECIPES / name, output_dir=str(out), eval_max_new_tokens=6, logging_steps=50, **overrides
+    )
+
+
+def load_weights(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(directory / "model.safetensors"))
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=atol, rtol=0), name
+
+
+# --- recipes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["stage1.yaml", "stage2.yaml", "smoke_stage1.yaml", "smoke_stage2.yaml"])
+def test_shipped_recipes_load(name):
+    recipe = load_recipe(RECIPES / name)
+    assert recipe.train_datasets and recipe.eval_datasets
+    assert isinstance(recipe.learning_rate, float) and recipe.learning_rate > 0  # "1.0e-4" is a number
+
+
+def test_real_recipes_match_the_reported_setup():
+    stage1, stage2 = load_recipe(RECIPES / "stage1.yaml"), load_recipe(RECIPES / "stage2.yaml")
+    assert stage1.model == "google/long-t5-tglobal-base" and stage1.num_train_epochs == 3
+    assert {d.name for d in stage1.train_datasets} == {"squad_v2", "coqa"}
+    assert stage1.scheme in ("mixed", "sequential")
+    assert stage2.model == str(Path(stage1.output_dir) / "best")  # stage 2 starts from stage 1's best
+    assert [d.name for d in stage2.train_datasets] == ["tryocoqa"] and stage2.num_train_epochs == 166
+    assert stage1.bf16 and stage2.bf16 and stage2.gradient_checkpointing
+    assert stage2.max_input_length >= 7000  # blog posts are 4-8k tokens
+
+
+def test_overrides_are_typed_and_checked(tmp_path):
+    recipe = load_recipe(
+        RECIPES / "smoke_stage1.yaml",
+        **parse_overrides(["--num_train_epochs", "5", "--learning_rate=3e-4", "--bf16", "--output_dir", "x"]),
+    )
+    assert (recipe.num_train_epochs, recipe.learning_rate, recipe.bf16, recipe.output_dir) == (
+        5.0,
+        3e-4,
+        True,
+        "x",
+    )
+    with pytest.raises(RecipeError, match=r"unknown field.*'lr'"):
+        load_recipe(RECIPES / "smoke_stage1.yaml", lr=1)
+    with pytest.raises(RecipeError, match="learning_rate must be a number"):
+        load_recipe(RECIPES / "smoke_stage1.yaml", learning_rate="fast")
+    with pytest.raises(RecipeError, match="unknown dataset 'quac'"):
+        load_recipe(RECIPES / "smoke_stage1.yaml", train_datasets=[{"name": "quac"}])
+    with pytest.raises(RecipeError, match="scheme must be mixed or sequential"):
+        load_recipe(RECIPES / "smoke_stage1.yaml", scheme="interleaved")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(broken)
+
+
+def test_cli_reports_a_bad_override_without_a_traceback():
+    done = subprocess.run(
+        [sys.executable, "-m", "training.train", str(RECIPES / "smoke_stage1.yaml"), "--epochs", "3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "unknown field(s) ['epochs']" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- tokenizer and preprocessing -------------------------------------------------------------------
+
+
+def test_dialogue_tokens_added_at_the_published_ids(tiny_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir / "model")
+    assert add_dialogue_tokens(tokenizer) == 0  # already there: nothing added twice
+    assert tokenizer.convert_tokens_to_ids(["||", "<Q>", "<A>"]) == [32100, 32101, 32102]
+
+
+def test_split_model_input_inverts_build_model_input():
+    history = [("who wrote it?", "Ana"), ("when?", "in 2023"), ("why?", "for fun")]
+    for turns in (0, 1, 2, 3):
+        text = build_model_input("Some context. With || bars.", history, "and then?", turns=turns)
+        context, kept, question = split_model_input(text)
+        assert context == "Some context. With || bars."
+        assert kept == history[len(history) - turns :] and question == "and then?"
+    with pytest.raises(ValueError, match="not a model input"):
+        split_model_input("no dialogue here")
+
+
+def test_long_inputs_lose_context_never_the_dialogue(tiny_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir / "model")
+    context = " ".join(["the model answer"] * 200)
+    text = build_model_input(context, [("what is it?", "a blog")], "how long is it?")
+    examples = [
+        {"id": "long", "input": text, "target": "long"},
+        {"id": "short", "input": "hi || <Q> q <A> ", "target": "x"},
+    ]
+    recipe = Recipe(max_input_length=64, max_target_length=4)
+    dataset = build_dataset(examples, tokenizer, recipe, "test")
+    long_ids, short_ids = dataset[0]["input_ids"], dataset[1]["input_ids"]
+    assert len(long_ids) <= 64 and long_ids[-1] == tokenizer.eos_token_id
+    decoded = tokenizer.decode(long_ids, skip_special_tokens=True)
+    assert decoded.startswith("the model answer")
+    assert decoded.rstrip().endswith("answer the || <Q1> what is it? <A1> a blog <Q> how long is it? <A>")
+    assert short_ids == tokenizer("hi || <Q> q <A> ")["input_ids"]  # short inputs untouched
+    assert dataset[0]["labels"][-1] == tokenizer.eos_token_id and len(dataset[0]["labels"]) <= 4
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_stage1_then_stage2_keeps_the_best_checkpoint_by_f1(tmp_path, caplog):
+    caplog.set_level("INFO", logger="training")
+    stage1 = train(smoke_recipe("smoke_stage1.yaml", tmp_path / "stage1", num_train_epochs=2))
+    stage2_recipe = smoke_recipe(
+        "smoke_stage2.yaml", tmp_path / "stage2", model=stage1["best_checkpoint"], num_train_epochs=3
+    )
+    stage2 = train(stage2_recipe)
+
+    for result, epochs in ((stage1, 2), (stage2, 3)):
+        history = result["eval_history"]
+        assert len(history) == epochs and result["epochs"] == epochs
+        f1s = [entry["f1"] for entry in history]
+        best = history[f1s.index(max(f1s))]  # the first evaluation with the highest F1
+        assert (result["best_step"], result["f1"], result["exact"]) == (
+            best["step"],
+            best["f1"],
+            best["exact"],
+        )
+        best_dir = Path(result["best_checkpoint"])
+        assert best_dir.name == "best" and (best_dir / "tokenizer.json").is_file()
+        checkpoint = best_dir.parent / f"checkpoint-{result['best_step']}"
+        assert_same_weights(load_weights(best_dir), load_weights(checkpoint))
+        assert json.loads((best_dir.parent / "results.json").read_text())["best_step"] == result["best_step"]
+
+    # stage 2 really started from stage 1's best weights, and changed them
+    start, end = load_weights(Path(stage1["best_checkpoint"])), load_weights(Path(stage2["best_checkpoint"]))
+    assert not torch.equal(start["shared.weight"], end["shared.weight"])
+    lines = [r.getMessage() for r in caplog.records if r.name == "training.train"]
+    assert any(line.startswith("epoch 3/3: eval f1=") and "(best " in line for line in lines), lines
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_gives_the_same_final_state(tmp_path):
+    from transformers import TrainerCallback
+
+    class StopAfterFirstEpoch(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            control.should_training_stop = True
+
+    few = {"name": "squad_v2", "file": "smoke", "split": "validation", "max_examples": 4}
+    quick = {"num_train_epochs": 3, "eval_datasets": [few]}
+    straight = train(smoke_recipe("smoke_stage1.yaml", tmp_path / "straight", **quick))
+    stopped = train(
+        smoke_recipe("smoke_stage1.yaml", tmp_path / "resumed", **quick), callbacks=[StopAfterFirstEpoch()]
+    )
+    assert stopped["global_step"] < straight["global_step"]
+    with pytest.raises(ValueError, match="already holds checkpoints"):  # no silent mixing of two runs
+        train(smoke_recipe("smoke_stage1.yaml", tmp_path / "resumed", **quick))
+    resumed = train(
+        smoke_recipe("smoke_stage1.yaml", tmp_path / "resumed", resume_from_checkpoint=True, **quick)
+    )
+
+    assert resumed["global_step"] == straight["global_step"]
+    last = f"checkpoint-{straight['global_step']}"
+    assert_same_weights(
+        load_weights(tmp_path / "straight" / last), load_weights(tmp_path / "resumed" / last), 1e-6
+    )
+    assert [e["loss"] for e in resumed["eval_history"]] == pytest.approx(
+        [e["loss"] for e in straight["eval_history"]]
+    )
+
+
+@pytest.mark.slow
+def test_sequential_scheme_trains_one_dataset_after_the_other(tmp_path):
+    recipe = smoke_recipe(
+        "smoke_stage1.yaml",
+        tmp_path / "seq",
+        scheme="sequential",
+        num_train_epochs=1,
+        eval_datasets=[{"name": "coqa", "file": "smoke", "split": "validation", "max_examples": 4}],
+    )
+    result = train(recipe)
+    first, second = result["phases"]
+    assert (first["dataset"], second["dataset"]) == ("squad_v2", "coqa")
+    assert Path(first["best_checkpoint"]) == tmp_path / "seq" / "phase-1-squad_v2" / "best"
+    assert Path(result["best_checkpoint"]) == tmp_path / "seq" / "best"
+    saved = yaml.safe_load((tmp_path / "seq" / "recipe.yaml").read_text())
+    assert saved["model"] == first["best_checkpoint"]  # phase 2 started from phase 1's best
+
+
+# --- learning is real ----------------------------------------------------------------------------
+
+
+def span_copy_examples(count: int, seed: int) -> list[dict]:
+    """Context: 8 random "filler" words with one word of a second vocabulary hidden among them; the
+    answer is that word, copied from wherever it is (an extractive span, as in SQuAD)."""
+    from training.tiny import _COMMON_WORDS
+
+    words = [w for w in _COMMON_WORDS if w.isalpha()][:60]
+    fillers, names = words[:30], words[30:]
+    rng = random.Random(seed)
+    examples = []
+    for i in range(count):
+        context, answer = rng.sample(fillers, 8), rng.choice(names)
+        context.insert(rng.randrange(len(context) + 1), answer)
+        text = build_model_input(" ".join(context), [], "which word is not a filler?")
+        examples.append({"id": f"{seed}-{i}", "input": text, "target": answer, "answers": [answer]})
+    return examples
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_a_tiny_longt5_learns_to_copy_a_span(tmp_path):
+    from training.evaluate import evaluate_model
+    from training.tiny import build_tiny_model, build_tokenizer
+
+    base = tmp_path / "base"
+    # A little wider than the default tiny model, with tied embeddings (T5's output scaling: a sane
+    # initial loss). Seeds 0-4 all pass 50 F1 by epoch 4 of 6 and end at 95-100.
+    build_tiny_model(0, d_model=64, d_ff=128, num_heads=4, tie_word_embeddings=True).save_pretrained(base)
+    build_tokenizer().save_pretrained(base)
+    dev = span_copy_examples(48, seed=2)
+    before = evaluate_model(base, dev, max_new_tokens=3, batch_size=48)
+    train_file = write_jsonl(tmp_path / "train.jsonl", span_copy_examples(1280, seed=1))
+    recipe = recipe_from_dict(
+        {
+            "model": str(base),
+            "output_dir": str(tmp_path / "run"),
+            "train_datasets": [{"name": "jsonl", "file": train_file}],
+            "eval_datasets": [{"name": "jsonl", "file": write_jsonl(tmp_path / "dev.jsonl", dev)}],
+            "max_input_length": 64,
+            "max_target_length": 4,
+            "eval_max_new_tokens": 3,
+            "num_train_epochs": 6,
+            "learning_rate": 3e-3,
+            "lr_scheduler_type": "constant",
+            "per_device_train_batch_size": 32,
+            "per_device_eval_batch_size": 48,
+            "save_total_limit": 1,
+            "seed": 0,
+        }
+    )
+    result = train(recipe)
+    after = evaluate_model(result["best_checkpoint"], dev, max_new_tokens=3, batch_size=48)
+    assert before["f1"] < 10
+    assert after["f1"] > 50, result["eval_history"]
+    assert after["f1"] == pytest.approx(result["f1"])  # the trainer's F1 is what evaluate.py measures
+
+
+# --- data parallel -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_data_parallel_on_two_cpu_processes(tmp_path):
+    """DDP with the gloo backend: two processes on the CPU, a few steps, a clean exit."""
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "training.train",
+        str(RECIPES / "smoke_stage1.yaml"),
+        "--max_steps",
+        "3",
+        "--output_dir",
+        str(tmp_path / "ddp"),
+        "--eval_max_new_tokens",
+        "4",
+        "--eval_datasets",
+        "[{name: squad_v2, file: smoke, split: validation, max_examples: 5}]",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert "world size 2 (DistributedType.MULTI_CPU)" in log
+    assert "16 examples per optimizer step" in log  # 8 per process x 2 processes
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert results["global_step"] == 3 and (tmp_path / "ddp" / "best" / "model.safetensors").is_file()

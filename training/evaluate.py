@@ -1,0 +1,213 @@
+"""Score a model on a QA dataset: a PyTorch checkpoint (transformers) or an ONNX export (the app's runtime).
+
+    python -m training.evaluate --model out/stage2/best --dataset tryocoqa --split validation --out eval/pt
+    python -m training.evaluate --model out/onnx --onnx --quantized --dataset tryocoqa --out eval/int8
+    python -m training.evaluate --model out/stage1/best --dataset squad_v2 --file dev-v2.0.json \
+        --out eval/squad
+
+Writes OUT/predictions.jsonl (id, prediction, answers, f1, exact) and OUT/metrics.json (exact, f1 in
+percent, the number of examples, timings). Decoding is greedy, as in the app; inputs longer than
+--max-input-length lose the end of their context (cqa.format.fit_model_input, the app's rule).
+The F1/exact here are training.metrics.score (max over gold answers); for the official SQuAD/CoQA
+numbers, feed the predictions to python -m training.metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from cqa.format import DEFAULT_MAX_INPUT_TOKENS, NO_ANSWER, fit_model_input
+
+logger = logging.getLogger("training.evaluate")
+
+
+def fit_text(tokenizer, text: str, max_input_length: int) -> str:
+    """The model input under the app's length rule (``tokenizer``: a ``tokenizers.Tokenizer``)."""
+    from training.train import split_model_input
+
+    if len(tokenizer.encode(text).ids) <= max_input_length:
+        return text
+    context, history, question = split_model_input(text)
+    return fit_model_input(tokenizer, context, history, question, max_input_length, turns=len(history)).text
+
+
+class TorchAnswerer:
+    """Greedy answers from a PyTorch checkpoint with transformers' generate, a batch at a time."""
+
+    def __init__(self, model: str | Path, batch_size: int = 1):
+        import torch
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model))
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(str(model)).eval()
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model.to(self.device)
+        self.batch_size = batch_size
+        self.backend_tokenizer = self.tokenizer.backend_tokenizer
+
+    def answer(self, texts: list[str], max_new_tokens: int) -> list[str]:
+        from training.train import decode
+
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.device)
+        with self.torch.inference_mode():
+            generated = self.model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1
+            )
+        return decode(self.tokenizer, generated.cpu().numpy())
+
+
+class OnnxAnswerer:
+    """Greedy answers through the app's ONNX Runtime generator (one input at a time, as in the app)."""
+
+    batch_size = 1
+
+    def __init__(self, model: str | Path, quantized: bool = False):
+        from cqa.generator import ModelLoadError, Seq2SeqGenerator
+
+        try:
+            self.generator = Seq2SeqGenerator.load(model, quantized=quantized)
+        except ModelLoadError as error:  # its message says which model, why, and how to fix it
+            raise ValueError(str(error)) from error
+        self.backend_tokenizer = self.generator.tokenizer
+
+    def answer(self, texts: list[str], max_new_tokens: int) -> list[str]:
+        return [self.generator.generate(text, max_new_tokens).text.strip() for text in texts]
+
+
+def evaluate_model(
+    model: str | Path,
+    examples: Sequence[dict],
+    *,
+    onnx: bool = False,
+    quantized: bool = False,
+    max_new_tokens: int = 128,
+    max_input_length: int = DEFAULT_MAX_INPUT_TOKENS,
+    batch_size: int = 1,
+    out: str | Path | None = None,
+) -> dict:
+    """Answer every example (dicts with id, input, answers) and score the answers.
+
+    Returns {"exact", "f1" (percent), "examples", "seconds", "seconds_per_example", "model", "runtime",
+    "predictions": [{"id", "prediction", "answers", "exact", "f1"}]}; with ``out``, also writes
+    OUT/predictions.jsonl and OUT/metrics.json (the same without the predictions).
+    """
+    from training.metrics import compute_exact, compute_f1, score
+
+    if quantized and not onnx:
+        raise ValueError("--quantized applies to an ONNX export: add --onnx")
+    answerer = OnnxAnswerer(model, quantized) if onnx else TorchAnswerer(model, batch_size)
+    texts = [fit_text(answerer.backend_tokenizer, e["input"], max_input_length) for e in examples]
+    predictions: list[str] = []
+    started = time.perf_counter()
+    with tqdm(total=len(examples), desc="answering", unit="question") as progress:
+        for start in range(0, len(texts), answerer.batch_size):
+            chunk = texts[start : start + answerer.batch_size]
+            predictions += answerer.answer(chunk, max_new_tokens)
+            progress.update(len(chunk))
+    seconds = time.perf_counter() - started
+
+    references = [list(e["answers"]) for e in examples]
+    metrics = {
+        **score(predictions, references),
+        "examples": len(examples),
+        "seconds": seconds,
+        "seconds_per_example": seconds / max(1, len(examples)),
+        "model": str(model),
+        "runtime": ("onnxruntime int8" if quantized else "onnxruntime") if onnx else "pytorch",
+        "max_new_tokens": max_new_tokens,
+        "max_input_length": max_input_length,
+    }
+    rows = [
+        {
+            "id": example["id"],
+            "prediction": prediction,
+            "answers": golds,
+            "exact": max(compute_exact(g, prediction) for g in golds or [""]),
+            "f1": max(compute_f1(g, prediction) for g in golds or [""]),
+        }
+        for example, prediction, golds in zip(examples, predictions, references, strict=True)
+    ]
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "predictions.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    logger.info(
+        "%s (%s): f1=%.2f exact=%.2f on %d examples, %.2f s each",
+        model,
+        metrics["runtime"],
+        metrics["f1"],
+        metrics["exact"],
+        len(examples),
+        metrics["seconds_per_example"],
+    )
+    return {**metrics, "predictions": rows}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model", required=True, help="a checkpoint directory or Hub id (an ONNX export with --onnx)"
+    )
+    parser.add_argument("--dataset", required=True, choices=["squad_v2", "coqa", "tryocoqa"])
+    parser.add_argument("--file", help="the dataset in its official format (default: its official home)")
+    parser.add_argument("--split", default="validation", choices=["train", "validation"])
+    parser.add_argument("--onnx", action="store_true", help="run the ONNX export through the app's runtime")
+    parser.add_argument("--quantized", action="store_true", help="the int8 ONNX files (with --onnx)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-input-length", type=int, default=DEFAULT_MAX_INPUT_TOKENS)
+    parser.add_argument("--batch-size", type=int, default=1, help="PyTorch only (ONNX answers one at a time)")
+    parser.add_argument("--limit", type=int, help="score only the first N examples")
+    parser.add_argument("--turns", type=int, default=2, help="previous Q/A pairs in each input")
+    parser.add_argument("--no-answer", default=NO_ANSWER, help="the model's answer to unanswerable questions")
+    parser.add_argument("--seed", type=int, default=42, help="the seed of TryoCoQA's train/validation split")
+    parser.add_argument("--out", required=True, type=Path, help="where predictions.jsonl and metrics.json go")
+    args = parser.parse_args(argv)
+    if args.quantized and not args.onnx:
+        parser.error("--quantized needs --onnx")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+    from training.data import load_examples
+
+    try:
+        examples = load_examples(
+            args.dataset, args.file, args.split, no_answer=args.no_answer, turns=args.turns, seed=args.seed
+        )
+        if args.limit:
+            examples = examples[: args.limit]
+        if not examples:
+            raise ValueError(f"{args.dataset} {args.split} has no examples")
+        result = evaluate_model(
+            args.model,
+            examples,
+            onnx=args.onnx,
+            quantized=args.quantized,
+            max_new_tokens=args.max_new_tokens,
+            max_input_length=args.max_input_length,
+            batch_size=args.batch_size,
+            out=args.out,
+        )
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
+    metrics = {k: v for k, v in result.items() if k != "predictions"}
+    print(json.dumps(metrics, indent=2))
+    print(f"predictions and metrics written to {args.out}", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    main()
