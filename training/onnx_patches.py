@@ -1,0 +1,167 @@
+"""Export-time rewrites of LongT5's transient-global attention: same math, a faster ONNX graph.
+
+    with patch_longt5_for_export(model):
+        main_export(...)  # or torch.onnx.export(model, ...)
+
+Why: the stock forward exports its score and value products as ``Einsum`` over a (batch, block, key, head,
+dim) layout, which ONNX Runtime runs ~8x slower than a plain MatMul, and it tiles the global keys and values
+into every block. The rewrite (used only while exporting; the model is restored afterwards):
+
+- head-major layout: project, then transpose once to (batch, heads, tokens, dim), so every product is a
+  batched MatMul (ONNX Runtime folds the key transposes into ``FusedMatMul``);
+- one score MatMul and one value MatMul per layer over [3 local blocks + the global tokens], as the
+  stock model, but without its transposed Einsum layout;
+- the position bias (local relative bias + local mask + side bias + side mask) and the token-to-global
+  block assignment are built once in the first layer and handed to the others, as the stock model does
+  with its position bias;
+- the global aggregates are a block sum (reshape + ReduceSum) plus a small block-to-global MatMul instead
+  of a (tokens x globals) one-hot Einsum.
+
+It also exports inputs shorter than one global block (under 16 tokens) correctly: the stock graph fails
+there in ONNX Runtime (a Reshape to a size-0 dimension, which ONNX reads as "copy this dimension").
+
+Greedy outputs stay equal to PyTorch's; ``tests/test_onnx_patches.py`` checks the patched module against
+the stock one and an export against PyTorch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from transformers.models.longt5 import modeling_longt5 as longt5
+
+_NEG = -1e10  # the stock model's value for masked positions
+
+
+def _local_attention_mask(mask: torch.Tensor, bl: int, num_blocks, pad_len) -> torch.Tensor:
+    """The stock ``_get_local_attention_mask`` without its trace-time branch (it skips padding when the
+    traced length happens to be a multiple of the block length, and the export then fails on others)."""
+    padded = nn.functional.pad(mask > 0, (bl, pad_len + bl)).reshape(mask.shape[0], num_blocks + 2, bl)
+    center = padded[:, 1 : num_blocks + 1]
+    three = torch.cat([padded[:, :num_blocks], center, padded[:, 2:]], dim=2)
+    positions = torch.arange(3 * bl, device=mask.device)
+    locality = (positions[None, :] - positions[bl : 2 * bl, None]).abs() < bl  # (bl, 3bl)
+    return (center[..., None] & three[..., None, :] & locality)[:, None]
+
+
+def _prepare(attn: longt5.LongT5TransientGlobalAttention, mask: torch.Tensor, dtype: torch.dtype):
+    """Build, for this input: the block-to-global aggregation matrix and the full position bias
+    (batch, heads, blocks, block_len, 3 * block_len + num_globals)."""
+    batch, seq_len = mask.shape
+    bl, gbs = attn.block_len, attn.global_block_size
+    num_globals = seq_len // gbs
+    pad_len = -seq_len % bl
+    num_blocks = (seq_len + pad_len) // bl
+
+    # -- token -> global assignment at block granularity (positions inside a global block share it)
+    gpad = -seq_len % gbs
+    num_gblocks = (seq_len + gpad) // gbs
+    gblock_positions = torch.arange(num_gblocks, device=mask.device)
+    positions = torch.arange(seq_len, device=mask.device)
+    block_ends = (positions % gbs) == gbs - 1
+    full_blocks = (block_ends[None, :] & (mask > 0)).sum(-1, keepdim=True) - 1  # (batch, 1)
+    gblock_to_global = torch.minimum(gblock_positions[None, :], full_blocks)  # (batch, num_gblocks)
+    gblock_to_global = torch.where(gblock_to_global >= 0, gblock_to_global, num_globals)
+    # (batch, num_globals, num_gblocks): 1 where a global block feeds a global token
+    aggregate = nn.functional.one_hot(gblock_to_global.long(), num_globals + 1)[:, :, :num_globals]
+    aggregate = aggregate.transpose(1, 2).to(dtype)
+
+    # -- local bias: relative position bias + locality and padding mask, per block
+    local_bias = attn.compute_bias(bl)  # (1, 1, heads, bl, 3bl)
+    local_mask = _local_attention_mask(mask, bl, num_blocks, pad_len)  # (batch, 1, blocks, bl, 3bl)
+    local_bias = local_bias.transpose(1, 2) + torch.where(local_mask > 0, 0.0, _NEG)  # (b, h, blocks, ..)
+
+    # -- side bias: relative position to each global token + which globals exist
+    _, global_segment_ids = longt5._make_global_fixed_block_ids(mask, gbs)
+    side_bias = attn.compute_side_bias(mask, global_segment_ids)  # (batch, heads, seq_len, num_globals)
+    side_bias = nn.functional.pad(side_bias, (0, 0, 0, pad_len))
+    side_bias = side_bias.reshape(batch, attn.n_heads, num_blocks, bl, -1)
+    position_bias = torch.cat([local_bias.to(dtype), side_bias.to(dtype)], dim=-1)
+    return aggregate, position_bias
+
+
+def _fast_forward(
+    self: longt5.LongT5TransientGlobalAttention,
+    hidden_states: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    position_bias=None,
+    layer_head_mask: torch.Tensor | None = None,
+    output_attentions: bool = False,
+):
+    """Drop-in for ``LongT5TransientGlobalAttention.forward`` (same outputs). Between layers,
+    ``position_bias`` is this module's own (aggregation matrix, bias) pair, and attention weights, if
+    asked for, are head-major: (batch, heads, blocks, block_len, keys)."""
+    batch, seq_len, d_model = hidden_states.shape
+    heads, d_kv, bl, gbs = self.n_heads, self.key_value_proj_dim, self.block_len, self.global_block_size
+    if mask is None:
+        mask = torch.ones(batch, seq_len, dtype=hidden_states.dtype, device=hidden_states.device)
+    if position_bias is None:
+        position_bias = _prepare(self, mask, hidden_states.dtype)
+    aggregate, bias = position_bias
+
+    # Global aggregates: sum each global block's real tokens, then map blocks to global tokens.
+    gpad = -seq_len % gbs
+    masked = hidden_states * mask[..., None].to(hidden_states.dtype)
+    masked = nn.functional.pad(masked, (0, 0, 0, gpad))
+    block_sums = masked.reshape(batch, -1, gbs, d_model).sum(2)  # (batch, num_gblocks, d_model)
+    global_inputs = self.global_input_layer_norm(torch.matmul(aggregate, block_sums))
+
+    def heads_first(states: torch.Tensor) -> torch.Tensor:  # (b, t, h*d) -> (b, h, t, d)
+        return states.reshape(batch, -1, heads, d_kv).transpose(1, 2)
+
+    pad_len = -seq_len % bl
+    num_blocks = (seq_len + pad_len) // bl
+    # Pad the token axis to whole blocks; keys/values get one extra block on each side (the stock
+    # _concatenate_3_blocks pads with zeros the same way).
+    query = heads_first(nn.functional.pad(self.q(hidden_states), (0, 0, 0, pad_len)))
+    key = heads_first(nn.functional.pad(self.k(hidden_states), (0, 0, bl, pad_len + bl)))
+    value = heads_first(nn.functional.pad(self.v(hidden_states), (0, 0, bl, pad_len + bl)))
+    side_key = heads_first(self.k(global_inputs))  # (b, h, globals, d)
+    side_value = heads_first(self.v(global_inputs))
+
+    def block_keys(states: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+        """(b, h, (blocks+2)*bl, d) and (b, h, globals, d) -> (b, h, blocks, 3bl + globals, d): each
+        block's previous, own and next block, then all global tokens; one Concat (each extra one is a
+        full copy). Tiling the few global states is cheaper than concatenating or slicing the scores.
+        (-1, not sizes: in ONNX an Expand/Reshape size of 0, as num_globals under 16 tokens, means "copy".)"""
+        blocks = states.reshape(batch, heads, num_blocks + 2, bl, d_kv)
+        tiled = side[:, :, None].expand(-1, -1, num_blocks, -1, -1)
+        return torch.cat(
+            [blocks[:, :, :num_blocks], blocks[:, :, 1 : num_blocks + 1], blocks[:, :, 2:], tiled], dim=3
+        )
+
+    query_blocks = query.reshape(batch, heads, num_blocks, bl, d_kv)
+    scores = torch.matmul(query_blocks, block_keys(key, side_key).transpose(-1, -2)) + bias
+    weights = nn.functional.softmax(scores.float(), dim=-1).type_as(scores)
+    if layer_head_mask is not None:
+        weights = weights * layer_head_mask.reshape(1, -1, 1, 1, 1)
+    output = torch.matmul(weights, block_keys(value, side_value))  # (b, h, blocks, bl, d)
+    output = output.reshape(batch, heads, num_blocks * bl, d_kv)
+    output = output.transpose(1, 2).reshape(batch, -1, self.inner_dim)[:, :seq_len]
+    outputs = (self.o(output), position_bias)
+    if output_attentions:
+        outputs = (*outputs, weights)
+    return outputs
+
+
+@contextlib.contextmanager
+def patch_longt5_for_export(model: nn.Module | None = None, *, fast_attention: bool = True) -> Iterator[None]:
+    """Within the block, LongT5's transient-global attention uses the export-friendly forward.
+
+    ``model`` is accepted for call-site clarity (the patch is on the class, so it applies to every
+    LongT5 model in the process while active); ``fast_attention=False`` makes this a no-op.
+    """
+    del model
+    if not fast_attention:
+        yield
+        return
+    cls = longt5.LongT5TransientGlobalAttention
+    original = cls.forward
+    cls.forward = _fast_forward
+    try:
+        yield
+    finally:
+        cls.forward = original
