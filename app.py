@@ -144,7 +144,8 @@ def build_app(
         yield (_messages(conversation.turns, question), "", notice, info, dialogue, details(), conversation)
         for answer in generator.stream(fitted.text, max_new_tokens=max_new_tokens):
             chatbot = _messages(conversation.turns, question, answer.text)
-            yield (chatbot, "", notice, info, dialogue, details(answer), conversation)
+            # details (which repeats the whole document) is sent once before and once after, not per token.
+            yield (chatbot, "", notice, info, dialogue, gr.skip(), conversation)
         log.info(
             "answered in %.2f s (encoder %.2f s): %d tokens in, %d out%s",
             answer.seconds,
