@@ -1,7 +1,7 @@
 """Chat with a document: a fine-tuned LongT5 answers questions about it, served by ONNX Runtime.
 
     python app.py [--model ID_OR_DIR] [--context FILE] [--host H] [--port N] [--threads N]
-                  [--max-input-tokens N] [--max-new-tokens N] [--quantized]
+                  [--max-input-tokens N] [--max-new-tokens N] [--precision auto|int8|fp32]
 
 On a Hugging Face Space the environment variables MODEL_ID, CONTEXT_FILE, THREADS and MAX_INPUT_TOKENS
 configure it (command-line options win). The conversation lives on the server, one per browser tab or
@@ -39,6 +39,7 @@ MAX_QUESTION_TOKENS = 1_000
 QUEUE_SIZE = 16  # waiting requests; past this Gradio tells the user the app is busy
 # Gradio's own upload limit; cqa.documents refuses anything over 1 MB with a clearer message.
 MAX_UPLOAD = "5mb"
+PRECISIONS = {"auto": None, "int8": True, "fp32": False}  # --precision -> Seq2SeqGenerator.load(quantized=)
 EXAMPLE_QUESTIONS = [  # each answered by one sentence of the default document
     "How many conversations are in TryoCoQA?",
     "What does the <Q1> marker mean?",
@@ -105,10 +106,12 @@ def build_app(
 
     def header(doc: Document) -> str:
         tokens = len(generator.tokenizer.encode(doc.text, add_special_tokens=False).ids)
+        int8 = " (int8)" if generator.files.quantized else ""
         return (
             f"**Document:** {_markdown_literal(doc.title)} ({doc.words:,} words, {tokens:,} tokens)  \n"
-            f"**Model:** `{generator.model_id}` on ONNX Runtime (greedy, up to {max_new_tokens} new tokens; "
-            f"input up to {max_input_tokens:,} tokens, the document first, then the last two turns)"
+            f"**Model:** `{generator.model_id}`{int8} on ONNX Runtime "
+            f"(greedy, up to {max_new_tokens} new tokens; input up to {max_input_tokens:,} tokens, "
+            "the document first, then the last two turns)"
         )
 
     # --- chat: handlers yield (chatbot, question box, notice, input info, dialogue, details, state) ---
@@ -313,7 +316,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="longer inputs lose the end of the document (env MAX_INPUT_TOKENS; default %(default)s)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-    parser.add_argument("--quantized", action="store_true", help="load the int8 model files")
+    parser.add_argument(
+        "--precision",
+        choices=sorted(PRECISIONS),
+        default=env.get("PRECISION", "auto"),
+        help="auto: the int8 files (*_quantized.onnx) when the export has them, else fp32 (env PRECISION)",
+    )
+    parser.add_argument(
+        "--quantized", dest="precision", action="store_const", const="int8", help="same as --precision int8"
+    )
     parser.add_argument("--queue-size", type=int, default=QUEUE_SIZE, help="waiting requests before 'busy'")
     return parser.parse_args(argv)
 
@@ -330,12 +341,18 @@ def main(argv: list[str] | None = None) -> None:
 
     log.info("loading model %s", args.model)
     try:
-        generator = Seq2SeqGenerator.load(args.model, threads=args.threads, quantized=args.quantized)
+        quantized = PRECISIONS[args.precision]
+        generator = Seq2SeqGenerator.load(args.model, threads=args.threads, quantized=quantized)
     except ModelLoadError as error:  # its message says which model, why, and how to fix it
         log.error("%s", error)
         sys.exit(1)
     generator.warmup()  # the first user's answer should be as fast as the rest
-    log.info("model %s ready on %d thread(s)", generator.model_id, generator.threads)
+    log.info(
+        "model %s (%s) ready on %d thread(s)",
+        generator.model_id,
+        "int8" if generator.files.quantized else "fp32 files",
+        generator.threads,
+    )
 
     demo = build_app(
         generator, document, max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens

@@ -28,7 +28,14 @@ import numpy as np
 import onnxruntime as ort
 import tokenizers
 
-from cqa.hub import DEFAULT_MODEL_ID, ModelFiles, ModelLoadError, find_model_files, resolve_model_dir
+from cqa.hub import (
+    DEFAULT_MODEL_ID,
+    ModelFiles,
+    ModelLoadError,
+    find_model_files,
+    has_model_files,
+    resolve_model_dir,
+)
 
 __all__ = ["DEFAULT_MODEL_ID", "Answer", "ModelLoadError", "Seq2SeqGenerator", "default_threads"]
 
@@ -174,11 +181,21 @@ class Seq2SeqGenerator:
         model: str | os.PathLike = DEFAULT_MODEL_ID,
         *,
         threads: int | None = None,
-        quantized: bool = False,
+        quantized: bool | None = False,
         revision: str | None = None,
     ) -> Seq2SeqGenerator:
-        """Load an ONNX seq2seq export from a local folder or a Hub repo id (ModelLoadError if not)."""
-        model_id, model_dir = resolve_model_dir(model, quantized=quantized, revision=revision)
+        """Load an ONNX seq2seq export from a local folder or a Hub repo id (ModelLoadError if not).
+
+        ``quantized``: True for the ``*_quantized.onnx`` (int8) files, False for the plain ones, None for
+        int8 when the export has it (the release pipeline publishes int8 only past its agreement gate).
+        """
+        if quantized is None:
+            model_id, model_dir = resolve_model_dir(model, quantized=True, revision=revision)
+            quantized = has_model_files(model_dir, quantized=True)
+            if not quantized:
+                model_id, model_dir = resolve_model_dir(model, quantized=False, revision=revision)
+        else:
+            model_id, model_dir = resolve_model_dir(model, quantized=quantized, revision=revision)
         files = find_model_files(model_dir, quantized=quantized, model_id=model_id)
         try:
             tokenizer = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))

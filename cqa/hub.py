@@ -50,6 +50,11 @@ class ModelFiles:
     def merged(self) -> bool:
         return self.decoder_with_past is None
 
+    @property
+    def quantized(self) -> bool:
+        """The ``*_quantized.onnx`` (int8) files were picked."""
+        return self.encoder.name.endswith("_quantized.onnx")
+
 
 def _onnx_name(stem: str, quantized: bool) -> str:
     return f"{stem}_quantized.onnx" if quantized else f"{stem}.onnx"
@@ -100,6 +105,15 @@ def find_model_files(model_dir: Path, quantized: bool = False, model_id: str | N
             f"{HOW_TO_FIX}"
         )
     return files
+
+
+def has_model_files(model_dir: Path, quantized: bool = False) -> bool:
+    """Whether ``model_dir`` holds a complete export (of the int8 files, with ``quantized``)."""
+    try:
+        find_model_files(model_dir, quantized=quantized)
+    except ModelLoadError:
+        return False
+    return True
 
 
 def resolve_model_dir(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,16 @@ def tiny_real_tokenizer_dir(tmp_path_factory) -> Path:
 
     spiece = shared_file("t5-tokenizer/spiece.model")
     return save_tiny(tmp_path_factory.mktemp("tiny-real-tok"), spiece_model=spiece)
+
+
+@pytest.fixture(scope="session")
+def quantized_dir(tiny_dir: Path, tmp_path_factory) -> Path:
+    """The tiny export plus dynamic-int8 copies named *_quantized.onnx, as optimum's quantizer names them."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = tmp_path_factory.mktemp("quantized")
+    for path in (tiny_dir / "onnx").iterdir():
+        shutil.copy(path, out / path.name)
+    for name in ("encoder_model", "decoder_model", "decoder_with_past_model"):
+        quantize_dynamic(out / f"{name}.onnx", out / f"{name}_quantized.onnx", weight_type=QuantType.QInt8)
+    return out

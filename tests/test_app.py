@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
-from app import MAX_QUESTION_TOKENS, build_app
+from app import MAX_QUESTION_TOKENS, PRECISIONS, build_app, parse_args
 from cqa.documents import Document
 from cqa.format import build_model_input
 from cqa.generator import Seq2SeqGenerator
@@ -265,14 +265,15 @@ def test_unreachable_hub_model_exits_with_a_clear_message(tmp_path):
 
 
 @pytest.mark.slow
-def test_app_command_serves_a_conversation_without_torch(tiny_dir, tmp_path):
-    """`python app.py` as a Space runs it: env settings, warm-up, one chat turn, and torch never loaded."""
+def test_app_command_serves_a_conversation_without_torch(quantized_dir, tmp_path):
+    """`python app.py` as a Space runs it: env settings, warm-up, one chat turn, and torch never loaded.
+    The export has int8 files too, which the default precision (auto) serves."""
     context = tmp_path / "otters.md"
     context.write_text("# Otters\n\n" + "Sea otters use stones as tools. " * 40, encoding="utf-8")
     port = free_port()
     log_path = tmp_path / "app.log"
     env = {**os.environ, "CONTEXT_FILE": str(context), "MAX_INPUT_TOKENS": "300", "THREADS": "1"}
-    command = [sys.executable, "app.py", "--model", str(tiny_dir / "onnx"), "--port", str(port)]
+    command = [sys.executable, "app.py", "--model", str(quantized_dir), "--port", str(port)]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -297,4 +298,13 @@ def test_app_command_serves_a_conversation_without_torch(tiny_dir, tmp_path):
         process.terminate()
         process.wait(timeout=30)
     output = log_path.read_text()
-    assert "ready on 1 thread(s)" in output and "answered in" in output
+    assert "(int8) ready on 1 thread(s)" in output and "answered in" in output
+
+
+def test_precision_option_and_environment(monkeypatch):
+    monkeypatch.delenv("PRECISION", raising=False)
+    assert PRECISIONS[parse_args([]).precision] is None  # auto: int8 when the export has it
+    assert PRECISIONS[parse_args(["--quantized"]).precision] is True
+    monkeypatch.setenv("PRECISION", "fp32")
+    assert PRECISIONS[parse_args([]).precision] is False
+    assert PRECISIONS[parse_args(["--precision", "int8"]).precision] is True  # the command line wins

@@ -213,19 +213,6 @@ def test_merged_layout_gives_the_same_ids(generator, merged_dir):
             )
 
 
-@pytest.fixture(scope="module")
-def quantized_dir(tiny_dir: Path, tmp_path_factory) -> Path:
-    """The tiny export plus dynamic-int8 copies named *_quantized.onnx, as optimum's quantizer names them."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out = tmp_path_factory.mktemp("quantized")
-    for path in (tiny_dir / "onnx").iterdir():
-        shutil.copy(path, out / path.name)
-    for name in ONNX_NAMES:
-        quantize_dynamic(out / f"{name}.onnx", out / f"{name}_quantized.onnx", weight_type=QuantType.QInt8)
-    return out
-
-
 def _has_int8_weights(path: Path) -> bool:
     import onnx
 
@@ -256,6 +243,13 @@ def test_quantized_picks_the_quantized_files(quantized_dir, tmp_path):
         shutil.copy(quantized_dir / f"{name}_quantized.onnx", plain / f"{name}.onnx")
     loaded = Seq2SeqGenerator.load(plain, threads=1)
     assert loaded.generate("the blog post is about", 8, 8).text == answer.text
+
+
+def test_auto_precision_takes_int8_only_when_the_export_has_it(quantized_dir, tiny_dir):
+    auto = Seq2SeqGenerator.load(quantized_dir, threads=1, quantized=None)
+    assert auto.files.quantized and auto.files.encoder.name == "encoder_model_quantized.onnx"
+    plain = Seq2SeqGenerator.load(tiny_dir / "onnx", threads=1, quantized=None)
+    assert not plain.files.quantized and plain.files.encoder.name == "encoder_model.onnx"
 
 
 # --- end of sequence ---------------------------------------------------------------------------------

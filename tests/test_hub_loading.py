@@ -48,19 +48,22 @@ LOAD_SCRIPT = """
 import json, sys
 from cqa.generator import ModelLoadError, Seq2SeqGenerator
 try:
-    generator = Seq2SeqGenerator.load({model!r}, threads=1, revision={revision!r})
+    generator = Seq2SeqGenerator.load({model!r}, threads=1, revision={revision!r}, quantized={quantized!r})
 except ModelLoadError as error:
     print(json.dumps({{"error": str(error)}}))
     sys.exit(0)
 answer = generator.generate("the blog post is about the model", max_new_tokens=6, min_new_tokens=6)
 print(json.dumps({{"model_id": generator.model_id, "model_dir": str(generator.model_dir),
+                  "quantized": generator.files.quantized,
                   "text": answer.text, "output_tokens": answer.output_tokens,
                   "heavy": [m for m in ("torch", "transformers", "optimum") if m in sys.modules]}}))
 """
 
 
-def load_offline(cache: Path, model: str, revision: str | None = None) -> dict:
-    result = run_offline(cache, LOAD_SCRIPT.format(model=model, revision=revision))
+def load_offline(
+    cache: Path, model: str, revision: str | None = None, quantized: bool | None = False
+) -> dict:
+    result = run_offline(cache, LOAD_SCRIPT.format(model=model, revision=revision, quantized=quantized))
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -101,6 +104,18 @@ def test_loads_a_merged_export_from_the_hub_cache(tiny_dir, tmp_path):
     fill_hub_cache(tmp_path / "hub", "someone/merged-export", files)
     loaded = load_offline(tmp_path / "hub", "someone/merged-export")
     assert loaded.get("output_tokens") == 6, loaded
+
+
+@pytest.mark.slow
+def test_auto_precision_from_the_hub_cache(tiny_dir, quantized_dir, tmp_path):
+    # The published repo has fp32 files only: auto serves those. A repo with int8 files too: int8.
+    fill_hub_cache(tmp_path / "hub", DEFAULT_MODEL_ID, sorted((tiny_dir / "onnx").iterdir()))
+    fill_hub_cache(tmp_path / "hub", "someone/with-int8", sorted(quantized_dir.iterdir()))
+    published = load_offline(tmp_path / "hub", DEFAULT_MODEL_ID, quantized=None)
+    assert published.get("quantized") is False, published
+    with_int8 = load_offline(tmp_path / "hub", "someone/with-int8", quantized=None)
+    assert with_int8.get("quantized") is True, with_int8
+    assert with_int8["output_tokens"] == 6
 
 
 def test_repo_not_in_the_cache_is_a_clear_error(tmp_path):
