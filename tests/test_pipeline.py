@@ -146,6 +146,25 @@ def test_smoke_pipeline_end_to_end_and_resume(tmp_path):
         assert name in again.stdout
     assert "# x/y (PyTorch)" in (out / "model" / "README.md").read_text()
 
+    # OUT/onnx serves in the app, as `python app.py --model OUT/onnx` runs it.
+    from gradio_client import Client
+
+    from app import DEFAULT_DOCUMENT, build_app
+    from cqa.documents import load_document_file
+    from cqa.generator import Seq2SeqGenerator
+
+    generator = Seq2SeqGenerator.load(out / "onnx", threads=1, quantized=None)
+    demo = build_app(generator, load_document_file(DEFAULT_DOCUMENT), max_input_tokens=1000)
+    demo.queue()
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(url, verbose=False)
+        details = client.predict("How many conversations are in TryoCoQA?", api_name="/chat")[-1]
+    finally:
+        demo.close()
+    assert details["done"] and details["output_tokens"] > 0
+    assert details["text"] == generator.generate(details["model_input"]).text
+
 
 def test_pipeline_cli_rejects_bad_arguments(tmp_path):
     from training.pipeline import main
