@@ -138,7 +138,8 @@ def _download(repo_id: str, quantized: bool, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
     common = [*CONFIG_FILES, *OPTIONAL_FILES]
-    log.info("fetching model %s%s from the Hugging Face Hub (or its cache)", repo_id, " (int8)" * quantized)
+    variant = " (int8 files)" if quantized else ""
+    log.info("fetching model %s%s from the Hugging Face Hub (or its cache)", repo_id, variant)
     try:
         # The three-file layout first: a repo holding both layouts then costs no second decoder download.
         folder = Path(
