@@ -145,10 +145,20 @@ def build_app(
             return {"question": question, "model_input": fitted.text, "truncated": fitted.truncated, **so_far}
 
         yield (_messages(conversation.turns, question), "", notice, info, dialogue, details(), conversation)
-        for answer in generator.stream(fitted.text, max_new_tokens=max_new_tokens):
-            chatbot = _messages(conversation.turns, question, answer.text)
-            # details (which repeats the whole document) is sent once before and once after, not per token.
-            yield (chatbot, "", notice, info, dialogue, gr.skip(), conversation)
+        try:
+            for answer in generator.stream(fitted.text, max_new_tokens=max_new_tokens):
+                chatbot = _messages(conversation.turns, question, answer.text)
+                # details (which repeats the whole document) goes once before and once after, not per token.
+                yield (chatbot, "", notice, info, dialogue, gr.skip(), conversation)
+        except Exception as error:  # ONNX Runtime raises its own types; the session must survive it
+            log.exception("generation failed")
+            failure = (
+                f"⚠️ The model failed on this question ({_markdown_literal(type(error).__name__)}: "
+                f"{_markdown_literal(str(error)[:300])}). Your question is back in the box: send it again "
+                "or press Clear."
+            )
+            yield (_messages(conversation.turns), question, failure, info, dialogue, gr.skip(), conversation)
+            return
         log.info(
             "answered in %.2f s (encoder %.2f s): %d tokens in, %d out%s",
             answer.seconds,
@@ -193,7 +203,7 @@ def build_app(
         try:
             new_document = load()
         except DocumentError as error:
-            return (gr.skip(), gr.skip(), f"⚠️ {error}") + (gr.skip(),) * 5
+            return (gr.skip(), gr.skip(), f"⚠️ {_markdown_literal(str(error))}") + (gr.skip(),) * 5
         log.info("document switched to %r (%d words)", new_document.title, new_document.words)
         status = f"Now answering questions about **{_markdown_literal(new_document.title)}**."
         empty_chat = ([], "New document: the conversation starts over.", "", "", None)
@@ -285,6 +295,16 @@ def build_app(
     return demo
 
 
+def build_error_app(message: str) -> gr.Blocks:
+    """The page served when the model cannot be loaded: the reason and the way out, instead of a chat."""
+    with gr.Blocks(title="Chat with a document") as demo:
+        gr.Markdown("## Chat with a document")
+        gr.Markdown(
+            f"⚠️ **The model could not be loaded.** {_markdown_literal(message)}", elem_id="load-error"
+        )
+    return demo
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ
     parser = argparse.ArgumentParser(
@@ -306,13 +326,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads",
         type=int,
-        default=env.get("THREADS"),
+        default=env.get("THREADS") or None,
         help="ONNX Runtime threads (env THREADS; default: the cores)",
     )
     parser.add_argument(
         "--max-input-tokens",
         type=int,
-        default=env.get("MAX_INPUT_TOKENS", DEFAULT_MAX_INPUT_TOKENS),
+        default=env.get("MAX_INPUT_TOKENS") or DEFAULT_MAX_INPUT_TOKENS,
         help="longer inputs lose the end of the document (env MAX_INPUT_TOKENS; default %(default)s)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
@@ -343,20 +363,24 @@ def main(argv: list[str] | None = None) -> None:
     try:
         quantized = PRECISIONS[args.precision]
         generator = Seq2SeqGenerator.load(args.model, threads=args.threads, quantized=quantized)
+        generator.warmup()  # the first user's answer should be as fast as the rest
     except ModelLoadError as error:  # its message says which model, why, and how to fix it
-        log.error("%s", error)
-        sys.exit(1)
-    generator.warmup()  # the first user's answer should be as fast as the rest
-    log.info(
-        "model %s (%s) ready on %d thread(s)",
-        generator.model_id,
-        "int8" if generator.files.quantized else "fp32 files",
-        generator.threads,
-    )
-
-    demo = build_app(
-        generator, document, max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens
-    )
+        demo = build_error_app(str(error))
+        log.error("%s\nServing a page that says so (no chat).", error)
+    except Exception as error:  # an export ONNX Runtime loads but cannot run
+        message = f"ONNX Runtime failed on a warm-up answer with {args.model}: {error}"
+        demo = build_error_app(message + " Export the model again, or choose another with --model.")
+        log.exception("%s\nServing a page that says so (no chat).", message)
+    else:
+        log.info(
+            "model %s (%s) ready on %d thread(s)",
+            generator.model_id,
+            "int8" if generator.files.quantized else "fp32 files",
+            generator.threads,
+        )
+        demo = build_app(
+            generator, document, max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens
+        )
     demo.queue(max_size=args.queue_size)
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD)
 

@@ -5,6 +5,10 @@ Each gradio_client.Client is one session: its conversation lives in the server's
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import html
+import json
 import os
 import socket
 import subprocess
@@ -234,48 +238,43 @@ def test_markup_is_escaped_in_the_chatbot(server):
     assert result["details"]["question"] == question  # the model gets the text itself
 
 
-def run_app(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "app.py", *args],
-        cwd=REPO,
-        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_a_failed_generation_keeps_the_question_and_the_conversation(generator):
+    """ONNX Runtime failing mid-answer (injected here: a real export does not fail on demand) gives a
+    message, puts the question back in its box, and leaves the conversation as it was."""
+    broken = copy.copy(generator)
+    calls = []
 
+    def failing_stream(text: str, **options):
+        calls.append(text)
+        if len(calls) > 1:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : injected failure")
+        yield from generator.stream(text, **options)
 
-@pytest.mark.slow
-def test_missing_model_folder_exits_with_a_clear_message():
-    result = run_app("--model", "/nonexistent/model-dir", env={"MODEL_ID": "someone/other-model"})
-    assert result.returncode != 0
-    assert "/nonexistent/model-dir" in result.stderr  # the command line wins over MODEL_ID
-    assert "someone/other-model" not in result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-
-
-@pytest.mark.slow
-def test_unreachable_hub_model_exits_with_a_clear_message(tmp_path):
-    env = {"MODEL_ID": "someone/missing-model-onnx", "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}
-    result = run_app(env=env)
-    assert result.returncode != 0
-    assert "someone/missing-model-onnx" in result.stderr
-    assert "--model" in result.stderr  # says how to use a local folder instead
-    assert "Traceback" not in result.stderr + result.stdout
-
-
-@pytest.mark.slow
-def test_app_command_serves_a_conversation_without_torch(quantized_dir, tmp_path):
-    """`python app.py` as a Space runs it: env settings, warm-up, one chat turn, and torch never loaded.
-    The export has int8 files too, which the default precision (auto) serves."""
-    context = tmp_path / "otters.md"
-    context.write_text("# Otters\n\n" + "Sea otters use stones as tools. " * 40, encoding="utf-8")
+    broken.stream = failing_stream
+    demo = build_app(broken, DOCUMENT, max_input_tokens=MAX_INPUT_TOKENS, max_new_tokens=4)
+    demo.queue()
     port = free_port()
-    log_path = tmp_path / "app.log"
-    env = {**os.environ, "CONTEXT_FILE": str(context), "MAX_INPUT_TOKENS": "300", "THREADS": "1"}
-    command = [sys.executable, "app.py", "--model", str(quantized_dir), "--port", str(port)]
+    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    try:
+        client = new_client(f"http://127.0.0.1:{port}/")
+        first = chat(client, "Where do sea otters live?")
+        failed = chat(client, "What do they eat?")
+        assert "The model failed on this question" in failed["notice"]
+        assert "injected failure" in failed["notice"]
+        assert failed["question_box"] == "What do they eat?"  # nothing typed is lost
+        assert failed["chatbot"] == first["chatbot"]  # the first turn is still there, nothing added
+    finally:
+        demo.close()
+
+
+@contextlib.contextmanager
+def app_command(*args: str, env: dict[str, str], log_path: Path):
+    """`python app.py ARGS` as a Space runs it, on a free port; yields (process, url) once it serves."""
+    port = free_port()
+    command = [sys.executable, "app.py", *args, "--port", str(port)]
+    environment = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **env}
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + 90
@@ -287,6 +286,59 @@ def test_app_command_serves_a_conversation_without_torch(quantized_dir, tmp_path
                 break
             except OSError:
                 time.sleep(0.5)
+        yield process, url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def page_text(url: str) -> str:
+    """The text of every component on the served page (Gradio's /config, as the browser gets it), with
+    the page's Markdown escapes (backslashes, HTML entities) undone."""
+    with urllib.request.urlopen(url + "config", timeout=10) as response:
+        config = json.load(response)
+    text = "\n".join(str(c.get("props", {}).get("value", "")) for c in config["components"])
+    return html.unescape(text.replace("\\", ""))
+
+
+@pytest.mark.slow
+def test_missing_model_folder_is_explained_on_the_page_and_in_the_log(tmp_path):
+    log_path = tmp_path / "app.log"
+    env = {"MODEL_ID": "someone/other-model"}
+    with app_command("--model", "/nonexistent/model-dir", env=env, log_path=log_path) as (_, url):
+        page = page_text(url)
+    output = log_path.read_text()
+    for text in (page, output):
+        assert "'/nonexistent/model-dir': no such folder" in text  # the command line wins over MODEL_ID
+        assert "someone/other-model" not in text
+        assert "--model" in text  # the way out
+    assert "The model could not be loaded." in page
+    assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_unreachable_hub_model_is_explained_on_the_page_and_in_the_log(tmp_path):
+    log_path = tmp_path / "app.log"
+    env = {"MODEL_ID": "someone/missing-model-onnx", "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}
+    with app_command(env=env, log_path=log_path) as (_, url):
+        page = page_text(url)
+    output = log_path.read_text()
+    for text in (page, output):
+        assert "someone/missing-model-onnx" in text
+        assert "--model" in text  # says how to use a local folder instead
+    assert "The model could not be loaded." in page
+    assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_app_command_serves_a_conversation_without_torch(quantized_dir, tmp_path):
+    """`python app.py` as a Space runs it: env settings, warm-up, one chat turn, and torch never loaded.
+    The export has int8 files too, which the default precision (auto) serves."""
+    context = tmp_path / "otters.md"
+    context.write_text("# Otters\n\n" + "Sea otters use stones as tools. " * 40, encoding="utf-8")
+    log_path = tmp_path / "app.log"
+    env = {"CONTEXT_FILE": str(context), "MAX_INPUT_TOKENS": "300", "THREADS": "1"}
+    with app_command("--model", str(quantized_dir), env=env, log_path=log_path) as (process, url):
         details = new_client(url).predict("What do otters use?", api_name="/chat")[-1]
         assert details["done"]
         assert details["truncated"]  # MAX_INPUT_TOKENS=300 from the environment
@@ -294,9 +346,6 @@ def test_app_command_serves_a_conversation_without_torch(quantized_dir, tmp_path
         assert details["model_input"].endswith(" || <Q> What do otters use? <A> ")
         # Importing torch would map its shared libraries into the server process.
         assert "/torch/" not in Path(f"/proc/{process.pid}/maps").read_text()
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     output = log_path.read_text()
     assert "(int8) ready on 1 thread(s)" in output and "answered in" in output
 
