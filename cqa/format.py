@@ -110,7 +110,8 @@ def fit_model_input(
             f"more than the model's input limit of {max_tokens:,}."
         )
     # Tokens can merge across the cut, so shrink until the whole string fits (rarely more than once).
-    keep = budget
+    # (The budget can exceed the context's own token count when pieces merge differently joined.)
+    keep = min(budget, context_tokens)
     while True:
         cut = context_encoding.offsets[keep - 1][1] if keep > 0 else 0
         text = context[:cut].rstrip() + dialogue

@@ -52,8 +52,9 @@ class ModelFiles:
 
     @property
     def quantized(self) -> bool:
-        """The ``*_quantized.onnx`` (int8) files were picked."""
-        return self.encoder.name.endswith("_quantized.onnx")
+        """int8 files: the ``*_quantized.onnx`` ones, or a folder that ``training.export --quantize int8``
+        wrote with the plain names and its ``int8.json`` report."""
+        return self.encoder.name.endswith("_quantized.onnx") or (self.encoder.parent / "int8.json").is_file()
 
 
 def _onnx_name(stem: str, quantized: bool) -> str:

@@ -127,8 +127,10 @@ def test_cli_export_with_int8(tiny_dir, tmp_path):
     assert report["settings"]["weight_type"] == "QInt8"
     assert "dynamic int8" in (int8_dir / "README.md").read_text()
 
-    # The runtime loads the int8 folder like any export folder.
-    answer = Seq2SeqGenerator.load(int8_dir, threads=1).generate(build_model_input(CONTEXT, [], QUESTION), 8)
+    # The runtime loads the int8 folder like any export folder, and knows its files are int8.
+    generator = Seq2SeqGenerator.load(int8_dir, threads=1)
+    assert generator.files.quantized and not Seq2SeqGenerator.load(out, threads=1).files.quantized
+    answer = generator.generate(build_model_input(CONTEXT, [], QUESTION), 8)
     assert answer.done and answer.output_tokens > 0
 
 
