@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, shared_file
-from fixtures.official_formats import coqa_file, coqa_story, squad_file, tryocoqa_file, write_json
+from fixtures.official_formats import (
+    coqa_file,
+    coqa_story,
+    squad_file,
+    tryocoqa_conversation,
+    tryocoqa_file,
+    write_json,
+)
 
 from cqa.format import NO_ANSWER
 from training.data import (
@@ -200,6 +207,30 @@ def test_tryocoqa_examples(tmp_path):
     assert "<A1> n/a <Q> Conversation 1 question 3?" in by_id["1_4"]["input"]
 
 
+def test_tryocoqa_no_answer_variants_get_the_configured_target(tmp_path):
+    # The real file also writes "I can't answer that" without the period (conversation 12).
+    story = "Post. Anna wrote it in Paris."
+    turns = [
+        ("Who wrote it?", "Anna"),
+        ("When?", "I can't answer that"),
+        ("Why?", "  i can't answer THAT!  "),
+        ("Where?", "Paris"),
+        ("Can you answer that?", "I can't answer that one, sorry."),  # an answer, not the convention
+    ]
+    conversations = [tryocoqa_conversation(str(c), "0", story, turns) for c in range(2)]
+    path = write_json(tmp_path / "tryocoqa_v1.json", conversations)
+    examples = load_examples("tryocoqa", path, "train", no_answer="n/a") + load_examples(
+        "tryocoqa", path, "validation", no_answer="n/a"
+    )
+    assert len(examples) == 10
+    for example in examples:
+        turn = int(example["id"].split("_")[1])
+        expected = "n/a" if turn in (2, 3) else turns[turn - 1][1]
+        assert example["target"] == expected and example["answers"] == [expected], example
+    fourth = next(e for e in examples if e["id"].endswith("_4"))
+    assert "<Q2> When? <A2> n/a <Q1> Why? <A1> n/a <Q> Where? <A> " in fourth["input"]  # history too
+
+
 def test_tryocoqa_is_downloaded_once_and_cached(tmp_path):
     source = tryocoqa_file(tmp_path / "tryocoqa_v1.json", n_conversations=4)
     cache = tmp_path / "cache"
@@ -373,4 +404,5 @@ def test_shared_tryocoqa_split():
     assert len(validation_conversations) == 2
     assert len(train_conversations) == 13
     assert not train_conversations & validation_conversations
-    assert any(e["target"] == NO_ANSWER for e in train)
+    # 5 unanswerable turns: four "I can't answer that." and one without the period
+    assert sum(e["target"] == NO_ANSWER for e in train + validation) == 5

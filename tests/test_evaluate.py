@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from fixtures.official_formats import coqa_file, coqa_story, squad_file
 
 from training.data import load_examples, write_smoke_datasets
 from training.evaluate import evaluate_model
@@ -84,3 +86,73 @@ def test_cli_scores_a_dataset_file(tiny_dir, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert missing.returncode != 0 and "nope.json" in missing.stderr and "Traceback" not in missing.stderr
+
+
+STORY = "Anna lives in Paris. She rides a red bike. Her dog is called Max."
+
+
+def _official_format_file(dataset: str, directory: Path) -> tuple[Path, int]:
+    """A small official-format dev file whose FIRST question is unanswerable; (path, questions)."""
+    if dataset == "squad_v2":
+        qas = [
+            ("q1", "How old is Anna?", []),
+            ("q2", "Where does Anna live?", ["Paris", "in Paris"]),
+            ("q3", "What does she ride?", ["a red bike"]),
+        ]
+        return squad_file(directory / "dev-v2.0.json", [(STORY, qas), (STORY, [("q4", "Why?", [])])]), 4
+    turns = [("How old is she?", "unknown"), ("Where does she live?", "Paris"), ("Her dog?", "Max")]
+    stories = [
+        coqa_story("3dr2", STORY, turns, "mctest", additional=[["unknown", "in Paris", "Max"]]),
+        coqa_story("story_b", STORY, turns[1:], "reddit", additional=[["Paris", "max"]]),
+    ]
+    return coqa_file(directory / "coqa-dev-v1.0.json", stories), 5
+
+
+@pytest.mark.parametrize("dataset", ["squad_v2", "coqa"])
+def test_official_predictions_are_scored_by_the_metrics_cli(dataset, tiny_dir, tmp_path, caplog, capsys):
+    from training import evaluate, metrics
+
+    data, questions = _official_format_file(dataset, tmp_path)
+    model = str(tiny_dir / "model")
+    # The random model's answer to the first question plays the no-answer text, so that the mapping
+    # to the official no-answer ("" for SQuAD 2.0, "unknown" for CoQA) is exercised.
+    first = load_examples(dataset, data, "validation")[:1]
+    no_answer = evaluate_model(model, first, max_new_tokens=4)["predictions"][0]["prediction"]
+    assert no_answer  # a random model still says something
+    caplog.set_level("INFO", logger="training.evaluate")
+    out = tmp_path / "eval"
+    evaluate.main(
+        ["--model", model, "--dataset", dataset, "--file", str(data), "--max-new-tokens", "4",
+         "--no-answer", no_answer, "--out", str(out)]
+    )  # fmt: skip
+
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    official = json.loads((out / "official_predictions.json").read_text())
+    expected = [metrics.to_official_answer(row["prediction"], dataset, no_answer) for row in rows]
+    no_answer_official = "" if dataset == "squad_v2" else "unknown"
+    assert expected[0] == no_answer_official
+    if dataset == "squad_v2":
+        assert official == {row["id"]: answer for row, answer in zip(rows, expected, strict=True)}
+        assert set(official) == {"q1", "q2", "q3", "q4"}
+    else:
+        assert [(p["id"], p["turn_id"]) for p in official] == [
+            ("3dr2", 1), ("3dr2", 2), ("3dr2", 3), ("story_b", 1), ("story_b", 2)
+        ]  # fmt: skip
+        assert [p["answer"] for p in official] == expected
+
+    # The logged command is the one that scores the file.
+    command = next(r.getMessage() for r in caplog.records if "official scoring:" in r.getMessage())
+    argv = shlex.split(command.split("official scoring: ", 1)[1])
+    assert argv[:3] == ["python", "-m", "training.metrics"]
+    assert argv[3:] == [dataset, str(data), str(out / "official_predictions.json")]
+    capsys.readouterr()
+    result = metrics.main(argv[3:])
+    assert json.loads(capsys.readouterr().out) == result
+    if dataset == "squad_v2":
+        assert (result["total"], result["HasAns_total"], result["NoAns_total"]) == (questions, 2, 2)
+        no_answers_right = sum(official[q] == "" for q in ("q1", "q4"))
+        assert no_answers_right >= 1 and result["NoAns_exact"] == 100 * no_answers_right / 2
+    else:
+        assert result["overall"]["turns"] == questions
+        assert (result["children_stories"]["turns"], result["reddit"]["turns"]) == (3, 2)
+        assert result["children_stories"]["em"] > 0  # turn 1: "unknown" against two "unknown" golds

@@ -45,6 +45,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from cqa.format import DEFAULT_TURNS, NO_ANSWER, build_model_input
+from training.metrics import normalize_answer
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +264,8 @@ def tryocoqa_examples(
 ) -> list[dict]:
     """Examples from TryoCoQA conversations (conversation_id, context_id, story, questions: [str],
     answers {input_text: [...]}); its "I can't answer that." becomes ``no_answer``."""
+    # Compared after SQuAD normalization: the file also writes it without the final period.
+    unanswerable = normalize_answer(NO_ANSWER)
     examples = []
     for c, conversation in enumerate(conversations):
         where = f"{source}: conversation #{c}"
@@ -273,7 +276,7 @@ def tryocoqa_examples(
         if len(answers) != len(questions):
             raise DataFormatError(f"{where}: {len(questions)} questions but {len(answers)} answers")
         turns_qa = [
-            (i + 1, q, [no_answer if a.strip() == NO_ANSWER else a])
+            (i + 1, q, [no_answer if normalize_answer(a) == unanswerable else a])
             for i, (q, a) in enumerate(zip(questions, answers, strict=True))
         ]
         examples += conversation_examples(

@@ -8,8 +8,11 @@
 Writes OUT/predictions.jsonl (id, prediction, answers, f1, exact) and OUT/metrics.json (exact, f1 in
 percent, the number of examples, timings). Decoding is greedy, as in the app; inputs longer than
 --max-input-length lose the end of their context (cqa.format.fit_model_input, the app's rule).
-The F1/exact here are training.metrics.score (max over gold answers); for the official SQuAD/CoQA
-numbers, feed the predictions to python -m training.metrics.
+The F1/exact here are training.metrics.score (max over gold answers). For SQuAD 2.0 and CoQA it also
+writes OUT/official_predictions.json in the official scorer's format (the no-answer text mapped back to
+"" / "unknown") and logs the command that scores it:
+
+    python -m training.metrics squad_v2 dev-v2.0.json eval/squad/official_predictions.json
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -154,6 +158,40 @@ def evaluate_model(
     return {**metrics, "predictions": rows}
 
 
+def write_official_predictions(
+    out: str | Path,
+    dataset: str,
+    rows: Sequence[dict],
+    data_file: str | Path | None = None,
+    no_answer: str = NO_ANSWER,
+) -> Path | None:
+    """Write OUT/official_predictions.json for ``python -m training.metrics`` (SQuAD 2.0, CoQA) and log
+    the command that scores it; ``rows`` are evaluate_model's predictions. Returns the path, or None
+    when the dataset has no official scorer or its ids cannot be matched to the official file."""
+    from training.metrics import official_predictions
+
+    if dataset not in ("squad_v2", "coqa"):
+        return None
+    if dataset == "coqa" and data_file is None:
+        # Hub rows have no story id (training.data names them split-row), so the official file's
+        # stories could not be matched.
+        logger.warning(
+            "CoQA from the Hub has no story ids: pass --file coqa-dev-v1.0.json for official scores"
+        )
+        return None
+    predictions = official_predictions(
+        dataset, [row["id"] for row in rows], [row["prediction"] for row in rows], no_answer
+    )
+    path = Path(out) / "official_predictions.json"
+    path.write_text(json.dumps(predictions, indent=2, ensure_ascii=False))
+    # SQuAD from the Hub: the ids are the official ones, so the official file scores it
+    data = shlex.quote(str(data_file)) if data_file else "dev-v2.0.json"
+    logger.info(
+        "official scoring: python -m training.metrics %s %s %s", dataset, data, shlex.quote(str(path))
+    )
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m training.evaluate",
@@ -175,7 +213,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--turns", type=int, default=2, help="previous Q/A pairs in each input")
     parser.add_argument("--no-answer", default=NO_ANSWER, help="the model's answer to unanswerable questions")
     parser.add_argument("--seed", type=int, default=42, help="the seed of TryoCoQA's train/validation split")
-    parser.add_argument("--out", required=True, type=Path, help="where predictions.jsonl and metrics.json go")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="predictions.jsonl, metrics.json (and official_predictions.json)",
+    )
     args = parser.parse_args(argv)
     if args.quantized and not args.onnx:
         parser.error("--quantized needs --onnx")
@@ -201,6 +244,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
             batch_size=args.batch_size,
             out=args.out,
         )
+        official = write_official_predictions(
+            args.out, args.dataset, result["predictions"], args.file, args.no_answer
+        )
+        if official and args.limit:
+            logger.warning(
+                "--limit %d: the official scorer counts the unanswered questions as wrong", args.limit
+            )
     except (ValueError, OSError) as error:
         raise SystemExit(f"error: {error}") from None
     metrics = {k: v for k, v in result.items() if k != "predictions"}
