@@ -165,6 +165,32 @@ def test_smoke_pipeline_end_to_end_and_resume(tmp_path):
     assert details["done"] and details["output_tokens"] > 0
     assert details["text"] == generator.generate(details["model_input"]).text
 
+    # Stage 1 loses its results.json (as if interrupted): it resumes from its last checkpoint, and
+    # stage 2, redone because stage 1 ran, starts over instead of resuming from its old checkpoints.
+    # Those are marked here (+0.001): resuming from them would put the marked weights in OUT/model.
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    first_run = {p: load_file(p) for p in (out / "stage2").glob("*/model.safetensors")}  # best/, checkpoints
+    assert len(first_run) >= 2
+    for path, weights in first_run.items():
+        save_file({name: t + 1e-3 for name, t in weights.items()}, path, metadata={"format": "pt"})
+    (out / "stage1" / "results.json").unlink()
+    redo, _ = _run_pipeline("--smoke", "--no-int8", "--output", str(out))  # int8: covered above
+    assert redo.returncode == 0, redo.stderr[-3000:]
+    resumed = re.findall(r"resuming from (\S+)", redo.stderr)
+    assert len(resumed) == 1 and Path(resumed[0]).parent == out / "stage1", resumed  # stage 1 only
+    assert "stage2: an earlier step ran" in redo.stderr
+    for step in ("stage1", "stage2", "model", "export", "evaluation"):
+        assert re.search(rf"\[pipeline\] {step}\s+done in", redo.stderr), step
+    # Retrained from the same start with the same seed: the first run's stage-2 weights again.
+    first_run[out / "model" / "model.safetensors"] = first_run[out / "stage2" / "best" / "model.safetensors"]
+    for path, weights in first_run.items():
+        again = load_file(path)
+        assert again.keys() == weights.keys()
+        for name, tensor in weights.items():
+            assert torch.allclose(again[name], tensor, atol=1e-6, rtol=0), (path, name)
+
 
 def test_pipeline_cli_rejects_bad_arguments(tmp_path):
     from training.pipeline import main

@@ -118,6 +118,36 @@ def test_dialogue_tokens_added_at_the_published_ids(tiny_dir):
     assert tokenizer.convert_tokens_to_ids(["||", "<Q>", "<A>"]) == [32100, 32101, 32102]
 
 
+@pytest.mark.parametrize("vocab_size", [32100, 32128])
+def test_embeddings_make_room_for_the_dialogue_tokens(tmp_path, vocab_size):
+    from training.tiny import build_tiny_model, build_tokenizer
+    from training.train import load_model_and_tokenizer
+
+    # 32100 rows: T5's pieces and sentinels, no room for `||` `<Q>` `<A>` (32100-32102).
+    # 32128 rows: the base model's padded matrix, already big enough: never shrunk.
+    build_tiny_model(0, vocab_size=vocab_size).save_pretrained(tmp_path)
+    build_tokenizer().save_pretrained(tmp_path)
+    saved = load_weights(tmp_path)["shared.weight"]
+
+    model, tokenizer = load_model_and_tokenizer(str(tmp_path))
+    assert len(tokenizer) == 32103
+    rows = model.get_input_embeddings().num_embeddings
+    assert rows == 32128  # resized up to a multiple of 128, like the base model
+    assert model.get_output_embeddings().out_features == rows and model.config.vocab_size == rows
+    assert torch.equal(model.get_input_embeddings().weight[:vocab_size], saved)  # old rows kept
+
+    text = build_model_input("Anna lives in Paris.", [("Who?", "Anna")], "Where?")
+    ids = tokenizer(text)["input_ids"]
+    assert [ids.count(i) for i in (32100, 32101, 32102)] == [1, 1, 1]  # `||`, `<Q>`, `<A>` once each
+    assert tokenizer.convert_ids_to_tokens([32100, 32101, 32102]) == ["||", "<Q>", "<A>"]
+    embedded = model.get_input_embeddings()(torch.tensor([32100, 32101, 32102]))
+    assert torch.isfinite(embedded).all() and embedded.abs().sum() > 0  # real rows, not padding
+    labels = tokenizer(text_target="Paris", return_tensors="pt").input_ids
+    with torch.no_grad():
+        output = model(input_ids=torch.tensor([ids]), labels=labels)
+    assert output.logits.shape[-1] == rows and torch.isfinite(output.loss)
+
+
 def test_split_model_input_inverts_build_model_input():
     history = [("who wrote it?", "Ana"), ("when?", "in 2023"), ("why?", "for fun")]
     for turns in (0, 1, 2, 3):
@@ -259,9 +289,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-@pytest.mark.slow
-def test_a_tiny_longt5_learns_to_copy_a_span(tmp_path):
-    from training.evaluate import evaluate_model
+def span_copy_run(tmp_path: Path, **overrides) -> tuple[Path, list[dict], Recipe]:
+    """(base model dir, dev examples, recipe) for training a tiny LongT5 on the span-copy task."""
     from training.tiny import build_tiny_model, build_tokenizer
 
     base = tmp_path / "base"
@@ -270,7 +299,6 @@ def test_a_tiny_longt5_learns_to_copy_a_span(tmp_path):
     build_tiny_model(0, d_model=64, d_ff=128, num_heads=4, tie_word_embeddings=True).save_pretrained(base)
     build_tokenizer().save_pretrained(base)
     dev = span_copy_examples(48, seed=2)
-    before = evaluate_model(base, dev, max_new_tokens=3, batch_size=48)
     train_file = write_jsonl(tmp_path / "train.jsonl", span_copy_examples(1280, seed=1))
     recipe = recipe_from_dict(
         {
@@ -288,13 +316,66 @@ def test_a_tiny_longt5_learns_to_copy_a_span(tmp_path):
             "per_device_eval_batch_size": 48,
             "save_total_limit": 1,
             "seed": 0,
+            **overrides,
         }
     )
+    return base, dev, recipe
+
+
+@pytest.mark.slow
+def test_a_tiny_longt5_learns_to_copy_a_span(tmp_path):
+    from training.evaluate import evaluate_model
+
+    base, dev, recipe = span_copy_run(tmp_path)
+    before = evaluate_model(base, dev, max_new_tokens=3, batch_size=48)
     result = train(recipe)
     after = evaluate_model(result["best_checkpoint"], dev, max_new_tokens=3, batch_size=48)
     assert before["f1"] < 10
     assert after["f1"] > 50, result["eval_history"]
     assert after["f1"] == pytest.approx(result["f1"])  # the trainer's F1 is what evaluate.py measures
+
+
+@pytest.mark.slow
+def test_best_checkpoint_is_the_highest_f1_not_the_last(tmp_path):
+    from transformers import TrainerCallback
+
+    from training.evaluate import evaluate_model
+
+    class WorseAfterThePeak(TrainerCallback):
+        """A run that gets worse after it has learned something (as stage 2's 166 epochs overfit):
+        after the first evaluation with F1 > 0, every later step zeroes the weights (after the
+        optimizer step, before any evaluation), so later evaluations score 0; two of them, then stop."""
+
+        def __init__(self):
+            self.peak_step, self.evaluations_after = None, 0
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if self.peak_step is not None:
+                self.evaluations_after += 1
+                control.should_training_stop = self.evaluations_after == 2
+            elif metrics["eval_f1"] > 0:
+                self.peak_step = state.global_step  # its checkpoint is saved right after this
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if self.peak_step is not None:
+                with torch.no_grad():
+                    for parameter in model.parameters():
+                        parameter.zero_()
+
+    _, dev, recipe = span_copy_run(tmp_path, max_steps=100, eval_steps=10)
+    worse = WorseAfterThePeak()
+    result = train(recipe, callbacks=[worse])
+
+    history = result["eval_history"]
+    f1s = [entry["f1"] for entry in history]
+    assert worse.peak_step is not None, f"F1 stayed 0 for {len(f1s)} evaluations: {history}"
+    assert f1s[-2:] == [0.0, 0.0] and max(f1s) > 0  # F1 really varies
+    best = history[f1s.index(max(f1s))]
+    assert (result["best_step"], result["f1"], result["exact"]) == (best["step"], best["f1"], best["exact"])
+    assert best["step"] == worse.peak_step < result["global_step"]  # not the last checkpoint
+    # OUTPUT_DIR/best holds the weights that scored the best F1, not the final (zeroed) ones.
+    rescored = evaluate_model(result["best_checkpoint"], dev, max_new_tokens=3, batch_size=48)
+    assert rescored["f1"] == pytest.approx(result["f1"]) and rescored["f1"] > 0
 
 
 # --- data parallel -------------------------------------------------------------------------------

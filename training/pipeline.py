@@ -9,7 +9,8 @@ after a step that ran is redone). A stage trained elsewhere (`accelerate launch 
 --output_dir OUT/stageN` on several GPUs) counts as done once OUT/stageN has results.json and best/.
 
     stage1, stage2, ...  one training.train run per recipe, in OUT/stageN; stage N+1 starts from stage N's
-                         best checkpoint; an interrupted stage resumes from its last trainer checkpoint
+                         best checkpoint; an interrupted stage resumes from its last trainer checkpoint,
+                         a stage redone because an earlier step ran starts over (OUT/stageN removed)
     model                the last stage's best checkpoint, copied to OUT/model
     export               OUT/onnx: three-file ONNX export behind the parity gate (training.export)
     int8                 OUT/onnx-int8: dynamic int8, same file names (greedy agreement with fp32)
@@ -63,10 +64,17 @@ def _stage_recipe(number: int, recipe_path: Path, out: Path, start_model: str | 
     return load_recipe(recipe_path, **overrides)
 
 
-def train_stage(number: int, recipe_path: Path, out: Path, start_model: str | None) -> None:
-    """Train one stage into OUT/stageN (resuming from its last checkpoint if there is one)."""
+def train_stage(
+    number: int, recipe_path: Path, out: Path, start_model: str | None, fresh: bool = False
+) -> None:
+    """Train one stage into OUT/stageN, resuming from its last checkpoint if there is one; ``fresh``:
+    remove OUT/stageN first and start over (its checkpoints came from an older starting model)."""
     from training.train import train
 
+    stage_dir = out / f"stage{number}"
+    if fresh and stage_dir.exists():
+        log.info("[pipeline] stage%d: an earlier step ran, so %s is stale: starting over", number, stage_dir)
+        shutil.rmtree(stage_dir)
     train(_stage_recipe(number, recipe_path, out, start_model))
 
 
@@ -284,10 +292,14 @@ def run_pipeline(
     stages = []
     for number, recipe_path in enumerate(configs, 1):
         stage_dir, recipe_path = out / f"stage{number}", Path(recipe_path)
+        # If an earlier step ran (a new base or earlier stage; ran_before is read when the step runs),
+        # this stage's checkpoints were trained from the old one and resuming would keep them (a
+        # finished run trains nothing more): it starts over. Otherwise it resumes, as an interrupted
+        # stage should.
         step(
             f"stage{number}",
             _complete(stage_dir / "results.json", stage_dir / "best" / "config.json"),
-            lambda n=number, r=recipe_path, m=start_model: train_stage(n, r, out, m),
+            lambda n=number, r=recipe_path, m=start_model: train_stage(n, r, out, m, fresh=ran_before),
         )
         stages.append(stage_result(number, recipe_path, out, start_model))
         results["stages"] = stages
