@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.onnx_patches import patch_longt5_for_export
+from training.onnx_patches import finalize_encoder, patch_longt5_for_export
 from training.tiny import build_tiny_model
 
 # Tiny shapes with the base model's structure: block_len = local_radius + 1 = 8, global blocks of 4.
@@ -74,6 +74,7 @@ def test_patched_export_matches_pytorch(tmp_path):
             opset_version=17,
             dynamo=False,
         )
+    assert finalize_encoder(encoder_path) == model.config.num_layers  # one fused Attention per layer
     session = ort.InferenceSession(str(encoder_path), providers=["CPUExecutionProvider"])
     for length in (3, 40, 301, 1203):
         ids = torch.randint(3, 32_000, (1, length), generator=torch.Generator().manual_seed(length))

@@ -152,6 +152,10 @@ def _export_unchecked(checkpoint: Path, out: Path, trace_length: int | None, fas
             batch_size=1,
             sequence_length=length,
         )
+    if fast_attention:
+        from training.onnx_patches import finalize_encoder
+
+        finalize_encoder(out / "encoder_model.onnx")  # the fused attention placeholders -> ONNX Attention
     for name in TOKENIZER_FILES:  # the slow-tokenizer vocabulary too, when the checkpoint has one
         if (checkpoint / name).exists() and not (out / name).exists():
             shutil.copy(checkpoint / name, out / name)

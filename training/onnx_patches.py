@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -71,16 +72,50 @@ def _prepare(attn: longt5.LongT5TransientGlobalAttention, mask: torch.Tensor, dt
 
     # -- local bias: relative position bias + locality and padding mask, per block
     local_bias = attn.compute_bias(bl)  # (1, 1, heads, bl, 3bl)
-    local_mask = _local_attention_mask(mask, bl, num_blocks, pad_len)  # (batch, 1, blocks, bl, 3bl)
-    local_bias = local_bias.transpose(1, 2) + torch.where(local_mask > 0, 0.0, _NEG)  # (b, h, blocks, ..)
+    local_mask = _local_attention_mask(mask, bl, num_blocks, pad_len).transpose(1, 2)  # (b, blocks, 1, ..)
+    local_bias = local_bias + torch.where(local_mask > 0, 0.0, _NEG)  # (batch, blocks, heads, bl, 3bl)
 
     # -- side bias: relative position to each global token + which globals exist
     _, global_segment_ids = longt5._make_global_fixed_block_ids(mask, gbs)
     side_bias = attn.compute_side_bias(mask, global_segment_ids)  # (batch, heads, seq_len, num_globals)
     side_bias = nn.functional.pad(side_bias, (0, 0, 0, pad_len))
-    side_bias = side_bias.reshape(batch, attn.n_heads, num_blocks, bl, -1)
+    side_bias = side_bias.reshape(batch, attn.n_heads, num_blocks, bl, -1).transpose(1, 2)
+    # Block-major, as the fused attention takes it: (batch * blocks, heads, bl, 3bl + num_globals).
     position_bias = torch.cat([local_bias.to(dtype), side_bias.to(dtype)], dim=-1)
-    return aggregate, position_bias
+    return aggregate, position_bias.reshape(batch * num_blocks, attn.n_heads, bl, -1)
+
+
+class _BlockAttention(torch.autograd.Function):
+    """softmax(q k^T + bias) v over blocks, heads split inside: q (blocks, queries, heads * d), k and v
+    (blocks, keys, heads * d), bias (blocks, heads, queries, keys) -> (blocks, queries, heads * d).
+
+    In PyTorch it is the plain math. Exported, it is one ``com.microsoft.MultiHeadAttention`` node (ONNX
+    Runtime's own operator: the export runs as it is), which :func:`finalize_encoder` then turns into
+    ONNX's ``Attention`` (opset 23), whose CPU kernel is ~2x faster here (bench/NOTES.md, section 2.6).
+    Both are fused: the score tensors never go out to memory as graph values."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, bias, heads: int):
+        blocks, queries, inner = query.shape
+
+        def split(states: torch.Tensor) -> torch.Tensor:  # (n, t, h*d) -> (n, h, t, d)
+            return states.reshape(blocks, -1, heads, inner // heads).transpose(1, 2)
+
+        scores = torch.matmul(split(query), split(key).transpose(-1, -2)) + bias
+        weights = nn.functional.softmax(scores.float(), dim=-1).type_as(scores)
+        return torch.matmul(weights, split(value)).transpose(1, 2).reshape(blocks, queries, inner)
+
+    @staticmethod
+    def symbolic(g, query, key, value, bias, heads: int):
+        from torch.onnx.symbolic_helper import _optional_input_placeholder_tensor as absent
+
+        # inputs: query, key, value, bias (of the projections: none), key_padding_mask (none), attention_bias
+        return g.op(
+            "com.microsoft::MultiHeadAttention",
+            *(query, key, value, absent(g), absent(g), bias),
+            num_heads_i=heads,
+            scale_f=1.0,  # T5 does not scale its scores
+        )
 
 
 def _fast_forward(
@@ -93,7 +128,7 @@ def _fast_forward(
 ):
     """Drop-in for ``LongT5TransientGlobalAttention.forward`` (same outputs). Between layers,
     ``position_bias`` is this module's own (aggregation matrix, bias) pair, and attention weights, if
-    asked for, are head-major: (batch, heads, blocks, block_len, keys)."""
+    asked for, are block-major: (batch, blocks, heads, block_len, keys)."""
     batch, seq_len, d_model = hidden_states.shape
     heads, d_kv, bl, gbs = self.n_heads, self.key_value_proj_dim, self.block_len, self.global_block_size
     if mask is None:
@@ -109,42 +144,87 @@ def _fast_forward(
     block_sums = masked.reshape(batch, -1, gbs, d_model).sum(2)  # (batch, num_gblocks, d_model)
     global_inputs = self.global_input_layer_norm(torch.matmul(aggregate, block_sums))
 
-    def heads_first(states: torch.Tensor) -> torch.Tensor:  # (b, t, h*d) -> (b, h, t, d)
-        return states.reshape(batch, -1, heads, d_kv).transpose(1, 2)
-
     pad_len = -seq_len % bl
     num_blocks = (seq_len + pad_len) // bl
+    inner = self.inner_dim
+    # Token-major throughout (no head transposes in the graph: the fused attention splits heads).
     # Pad the token axis to whole blocks; keys/values get one extra block on each side (the stock
     # _concatenate_3_blocks pads with zeros the same way).
-    query = heads_first(nn.functional.pad(self.q(hidden_states), (0, 0, 0, pad_len)))
-    key = heads_first(nn.functional.pad(self.k(hidden_states), (0, 0, bl, pad_len + bl)))
-    value = heads_first(nn.functional.pad(self.v(hidden_states), (0, 0, bl, pad_len + bl)))
-    side_key = heads_first(self.k(global_inputs))  # (b, h, globals, d)
-    side_value = heads_first(self.v(global_inputs))
+    query = nn.functional.pad(self.q(hidden_states), (0, 0, 0, pad_len)).reshape(-1, bl, inner)
+    key = nn.functional.pad(self.k(hidden_states), (0, 0, bl, pad_len + bl))
+    value = nn.functional.pad(self.v(hidden_states), (0, 0, bl, pad_len + bl))
 
     def block_keys(states: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
-        """(b, h, (blocks+2)*bl, d) and (b, h, globals, d) -> (b, h, blocks, 3bl + globals, d): each
+        """(b, (blocks+2)*bl, h*d) and (b, globals, h*d) -> (b*blocks, 3bl + globals, h*d): each
         block's previous, own and next block, then all global tokens; one Concat (each extra one is a
         full copy). Tiling the few global states is cheaper than concatenating or slicing the scores.
         (-1, not sizes: in ONNX an Expand/Reshape size of 0, as num_globals under 16 tokens, means "copy".)"""
-        blocks = states.reshape(batch, heads, num_blocks + 2, bl, d_kv)
-        tiled = side[:, :, None].expand(-1, -1, num_blocks, -1, -1)
-        return torch.cat(
-            [blocks[:, :, :num_blocks], blocks[:, :, 1 : num_blocks + 1], blocks[:, :, 2:], tiled], dim=3
-        )
+        blocks = states.reshape(batch, num_blocks + 2, bl, inner)
+        tiled = side[:, None].expand(-1, num_blocks, -1, -1)
+        keys = torch.cat([blocks[:, :num_blocks], blocks[:, 1 : num_blocks + 1], blocks[:, 2:], tiled], dim=2)
+        return keys.reshape(batch * num_blocks, -1, inner)
 
-    query_blocks = query.reshape(batch, heads, num_blocks, bl, d_kv)
-    scores = torch.matmul(query_blocks, block_keys(key, side_key).transpose(-1, -2)) + bias
-    weights = nn.functional.softmax(scores.float(), dim=-1).type_as(scores)
-    if layer_head_mask is not None:
-        weights = weights * layer_head_mask.reshape(1, -1, 1, 1, 1)
-    output = torch.matmul(weights, block_keys(value, side_value))  # (b, h, blocks, bl, d)
-    output = output.reshape(batch, heads, num_blocks * bl, d_kv)
-    output = output.transpose(1, 2).reshape(batch, -1, self.inner_dim)[:, :seq_len]
+    keys = block_keys(key, self.k(global_inputs))
+    values = block_keys(value, self.v(global_inputs))
+    if layer_head_mask is None and not output_attentions:  # always so when exporting
+        output = _BlockAttention.apply(query, keys, values, bias, heads)  # (b*blocks, bl, h*d)
+        weights = None
+    else:  # the same math, unfused, with what the fused op cannot do
+        split = (batch * num_blocks, -1, heads, d_kv)
+        scores = torch.matmul(query.reshape(split).transpose(1, 2), keys.reshape(split).permute(0, 2, 3, 1))
+        weights = nn.functional.softmax((scores + bias).float(), dim=-1).type_as(scores)
+        if layer_head_mask is not None:
+            weights = weights * layer_head_mask.reshape(1, -1, 1, 1)
+        output = torch.matmul(weights, values.reshape(split).transpose(1, 2)).transpose(1, 2)
+        weights = weights.reshape(batch, num_blocks, heads, bl, -1)
+    output = output.reshape(batch, num_blocks * bl, inner)[:, :seq_len]
     outputs = (self.o(output), position_bias)
     if output_attentions:
         outputs = (*outputs, weights)
     return outputs
+
+
+def finalize_encoder(path: str | Path) -> int:
+    """Turn an exported encoder's fused attention (``com.microsoft.MultiHeadAttention``, written by
+    :class:`_BlockAttention`) into ONNX ``Attention`` nodes, in place; returns how many there were.
+
+    ``Attention`` needs opset 23 and the TorchScript exporter writes opset 20 at most, so the file is
+    converted with onnx's version converter first (the parity gate checks the result against PyTorch).
+    Weights in external data files are left where they are.
+    """
+    import onnx
+    import onnx.version_converter
+
+    def fused(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+        kind = ("com.microsoft", "MultiHeadAttention")
+        return [node for node in model.graph.node if (node.domain, node.op_type) == kind]
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    if not fused(model):
+        return 0
+    # Other domains' operators (com.microsoft) are left as they are by the converter.
+    model = onnx.version_converter.convert_version(model, ATTENTION_OPSET)
+    nodes = fused(model)
+    for node in nodes:
+        query, key, value, _, _, bias = node.input
+        heads = next(a.i for a in node.attribute if a.name == "num_heads")
+        node.domain, node.op_type = "", "Attention"
+        del node.input[:]
+        node.input.extend([query, key, value, bias])  # Attention's attn_mask is an additive float bias
+        del node.attribute[:]
+        node.attribute.extend(
+            [
+                onnx.helper.make_attribute("q_num_heads", heads),
+                onnx.helper.make_attribute("kv_num_heads", heads),
+                onnx.helper.make_attribute("scale", 1.0),
+            ]
+        )
+    onnx.save(model, str(path))
+    return len(nodes)
+
+
+ATTENTION_OPSET = 23  # ONNX's Attention operator appeared in opset 23
 
 
 @contextlib.contextmanager
