@@ -42,7 +42,8 @@ def tiny_real_tokenizer_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def quantized_dir(tiny_dir: Path, tmp_path_factory) -> Path:
-    """The tiny export plus dynamic-int8 copies named *_quantized.onnx, as optimum's quantizer names them."""
+    """The tiny export plus dynamic-int8 copies named *_quantized.onnx, as optimum's quantizer names them.
+    All of the quantizer's default op types, as optimum uses them: the fused attention must survive that."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = tmp_path_factory.mktemp("quantized")

@@ -186,14 +186,18 @@ def _fast_forward(
 
 def finalize_encoder(path: str | Path) -> int:
     """Turn an exported encoder's fused attention (``com.microsoft.MultiHeadAttention``, written by
-    :class:`_BlockAttention`) into ONNX ``Attention`` nodes, in place; returns how many there were.
+    :class:`_BlockAttention`) into ONNX ``Attention``, in place; returns how many nodes were changed.
 
     ``Attention`` needs opset 23 and the TorchScript exporter writes opset 20 at most, so the file is
     converted with onnx's version converter first (the parity gate checks the result against PyTorch).
-    Weights in external data files are left where they are.
+    Each node calls a model-local function, ``cqa.BlockAttention``, whose body is the ``Attention``
+    node: ONNX Runtime inlines it when loading, and quantizers leave it alone (ONNX Runtime's, as
+    optimum calls it by default, would take a bare ``Attention`` for its own com.microsoft one and write
+    a model that does not load). Weights in external data files are left where they are.
     """
     import onnx
     import onnx.version_converter
+    from onnx import helper
 
     def fused(model: onnx.ModelProto) -> list[onnx.NodeProto]:
         kind = ("com.microsoft", "MultiHeadAttention")
@@ -206,25 +210,41 @@ def finalize_encoder(path: str | Path) -> int:
     # Other domains' operators (com.microsoft) are left as they are by the converter.
     model = onnx.version_converter.convert_version(model, ATTENTION_OPSET)
     nodes = fused(model)
+    counts = {next(a.i for a in node.attribute if a.name == "num_heads") for node in nodes}
+    if len(counts) != 1:
+        raise ValueError(f"{path}: the fused attention nodes disagree on the number of heads: {counts}")
+    heads = counts.pop()
+    body = helper.make_node(
+        "Attention",
+        ["query", "key", "value", "bias"],  # Attention's attn_mask input is an additive float bias
+        ["output"],
+        q_num_heads=heads,
+        kv_num_heads=heads,
+        scale=1.0,  # T5 does not scale its scores
+    )
+    model.functions.append(
+        helper.make_function(
+            FUNCTION_DOMAIN,
+            "BlockAttention",
+            ["query", "key", "value", "bias"],
+            ["output"],
+            [body],
+            [helper.make_opsetid("", ATTENTION_OPSET)],
+        )
+    )
+    model.opset_import.append(helper.make_opsetid(FUNCTION_DOMAIN, 1))
     for node in nodes:
         query, key, value, _, _, bias = node.input
-        heads = next(a.i for a in node.attribute if a.name == "num_heads")
-        node.domain, node.op_type = "", "Attention"
+        node.domain, node.op_type = FUNCTION_DOMAIN, "BlockAttention"
         del node.input[:]
-        node.input.extend([query, key, value, bias])  # Attention's attn_mask is an additive float bias
+        node.input.extend([query, key, value, bias])
         del node.attribute[:]
-        node.attribute.extend(
-            [
-                onnx.helper.make_attribute("q_num_heads", heads),
-                onnx.helper.make_attribute("kv_num_heads", heads),
-                onnx.helper.make_attribute("scale", 1.0),
-            ]
-        )
     onnx.save(model, str(path))
     return len(nodes)
 
 
 ATTENTION_OPSET = 23  # ONNX's Attention operator appeared in opset 23
+FUNCTION_DOMAIN = "cqa"
 
 
 @contextlib.contextmanager
