@@ -77,8 +77,10 @@ def _literal(text: str) -> str:
 
 
 def _markdown_literal(text: str) -> str:
-    """Text inside Markdown with no markup of its own (e.g. an uploaded file's title)."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~])", r"\\\1", html.escape(text))
+    """Text inside Markdown with no markup of its own (e.g. an uploaded file's title): Markdown's
+    characters backslash-escaped, then only &, < and > as HTML entities (an entity such as &#x27; would
+    be broken by the backslash before its #, and quotes need none)."""
+    return html.escape(re.sub(r"([\\`*_{}\[\]()#+\-.!|~])", r"\\\1", text), quote=False)
 
 
 def _messages(turns: tuple[Turn, ...], pending: str | None = None, partial: str = "") -> list[dict]:

@@ -120,6 +120,18 @@ def test_markup_in_a_question_is_shown_as_text_and_never_runs(page):
     assert page.dialogs == []
 
 
+def test_a_pasted_title_with_markup_and_quotes_is_shown_as_typed(page):
+    title = "Tom's <b>notes</b> & #1 *draft* [link](x)"
+    page.get_by_text("Change the document").click()
+    page.get_by_label("Or paste text").fill(title + "\n\nSome text about the notes to ask about.")
+    page.get_by_text("Use the pasted text").click()
+    status = page.get_by_text("Now answering questions about")
+    status.wait_for()
+    assert title in status.inner_text()
+    assert title in page.locator("#header").inner_text()
+    assert page.locator("#header b, #header em, #header a").count() == 0
+
+
 def test_clear_empties_the_conversation(page):
     ask(page, "What is this document about?", 0)
     page.locator("#clear").click()
