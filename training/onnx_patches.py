@@ -2,15 +2,16 @@
 
     with patch_longt5_for_export(model):
         main_export(...)  # or torch.onnx.export(model, ...)
+    finalize_encoder("OUT/encoder_model.onnx")
 
 Why: the stock forward exports its score and value products as ``Einsum`` over a (batch, block, key, head,
 dim) layout, which ONNX Runtime runs ~8x slower than a plain MatMul, and it tiles the global keys and values
 into every block. The rewrite (used only while exporting; the model is restored afterwards):
 
-- head-major layout: project, then transpose once to (batch, heads, tokens, dim), so every product is a
-  batched MatMul (ONNX Runtime folds the key transposes into ``FusedMatMul``);
-- one score MatMul and one value MatMul per layer over [3 local blocks + the global tokens], as the
-  stock model, but without its transposed Einsum layout;
+- token-major layout throughout: each block's keys and values are [previous, own, next block + the global
+  tokens], built by one Concat, and each layer's attention is one fused node (softmax(q k^T + bias) v, heads
+  split inside), so no score tensor is ever a graph value: ``com.microsoft.MultiHeadAttention`` as traced,
+  ONNX ``Attention`` (opset 23) after :func:`finalize_encoder`;
 - the position bias (local relative bias + local mask + side bias + side mask) and the token-to-global
   block assignment are built once in the first layer and handed to the others, as the stock model does
   with its position bias;
@@ -21,7 +22,7 @@ It also exports inputs shorter than one global block (under 16 tokens) correctly
 there in ONNX Runtime (a Reshape to a size-0 dimension, which ONNX reads as "copy this dimension").
 
 Greedy outputs stay equal to PyTorch's; ``tests/test_onnx_patches.py`` checks the patched module against
-the stock one and an export against PyTorch.
+the stock one and an export against PyTorch. Measurements: bench/NOTES.md, sections 2.1 and 5.2.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class _BlockAttention(torch.autograd.Function):
 
     In PyTorch it is the plain math. Exported, it is one ``com.microsoft.MultiHeadAttention`` node (ONNX
     Runtime's own operator: the export runs as it is), which :func:`finalize_encoder` then turns into
-    ONNX's ``Attention`` (opset 23), whose CPU kernel is ~2x faster here (bench/NOTES.md, section 2.6).
+    ONNX's ``Attention`` (opset 23), whose CPU kernel is ~1.5-2x faster here (bench/NOTES.md, 5.2).
     Both are fused: the score tensors never go out to memory as graph values."""
 
     @staticmethod
