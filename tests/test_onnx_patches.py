@@ -45,6 +45,19 @@ def test_patched_encoder_matches_stock_with_padding():
     torch.testing.assert_close(patched, stock, rtol=1e-4, atol=1e-5)
 
 
+def test_unfused_path_for_attention_weights_matches_stock():
+    # output_attentions takes the PyTorch path that the fused export op cannot (it returns the weights).
+    encoder = _encoder(seed=2)
+    input_ids = torch.randint(3, 32_000, (1, 37), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        stock = encoder(input_ids=input_ids).last_hidden_state
+        with patch_longt5_for_export(encoder):
+            patched = encoder(input_ids=input_ids, output_attentions=True)
+    torch.testing.assert_close(patched.last_hidden_state, stock, rtol=1e-4, atol=1e-5)
+    weights = patched.attentions[0]  # (batch, blocks, heads, block_len, keys), rows sum to 1
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+
+
 def test_patch_is_undone_after_the_block():
     from transformers.models.longt5.modeling_longt5 import LongT5TransientGlobalAttention
 

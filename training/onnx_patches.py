@@ -86,6 +86,22 @@ def _prepare(attn: longt5.LongT5TransientGlobalAttention, mask: torch.Tensor, dt
     return aggregate, position_bias.reshape(batch * num_blocks, attn.n_heads, bl, -1)
 
 
+def _block_attention(query, key, value, bias, heads: int, head_mask=None):
+    """softmax(q k^T + bias) v, heads split inside (shapes: :class:`_BlockAttention`); also returns the
+    attention weights (blocks, heads, queries, keys), after ``head_mask`` (heads,) if one is given."""
+    blocks, queries, inner = query.shape
+
+    def split(states: torch.Tensor) -> torch.Tensor:  # (n, t, h*d) -> (n, h, t, d)
+        return states.reshape(blocks, -1, heads, inner // heads).transpose(1, 2)
+
+    scores = torch.matmul(split(query), split(key).transpose(-1, -2)) + bias
+    weights = nn.functional.softmax(scores.float(), dim=-1).type_as(scores)
+    if head_mask is not None:
+        weights = weights * head_mask.reshape(1, -1, 1, 1)
+    output = torch.matmul(weights, split(value)).transpose(1, 2).reshape(blocks, queries, inner)
+    return output, weights
+
+
 class _BlockAttention(torch.autograd.Function):
     """softmax(q k^T + bias) v over blocks, heads split inside: q (blocks, queries, heads * d), k and v
     (blocks, keys, heads * d), bias (blocks, heads, queries, keys) -> (blocks, queries, heads * d).
@@ -97,14 +113,7 @@ class _BlockAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, value, bias, heads: int):
-        blocks, queries, inner = query.shape
-
-        def split(states: torch.Tensor) -> torch.Tensor:  # (n, t, h*d) -> (n, h, t, d)
-            return states.reshape(blocks, -1, heads, inner // heads).transpose(1, 2)
-
-        scores = torch.matmul(split(query), split(key).transpose(-1, -2)) + bias
-        weights = nn.functional.softmax(scores.float(), dim=-1).type_as(scores)
-        return torch.matmul(weights, split(value)).transpose(1, 2).reshape(blocks, queries, inner)
+        return _block_attention(query, key, value, bias, heads)[0]
 
     @staticmethod
     def symbolic(g, query, key, value, bias, heads: int):
@@ -131,7 +140,7 @@ def _fast_forward(
     ``position_bias`` is this module's own (aggregation matrix, bias) pair, and attention weights, if
     asked for, are block-major: (batch, blocks, heads, block_len, keys)."""
     batch, seq_len, d_model = hidden_states.shape
-    heads, d_kv, bl, gbs = self.n_heads, self.key_value_proj_dim, self.block_len, self.global_block_size
+    heads, bl, gbs = self.n_heads, self.block_len, self.global_block_size
     if mask is None:
         mask = torch.ones(batch, seq_len, dtype=hidden_states.dtype, device=hidden_states.device)
     if position_bias is None:
@@ -170,13 +179,8 @@ def _fast_forward(
     if layer_head_mask is None and not output_attentions:  # always so when exporting
         output = _BlockAttention.apply(query, keys, values, bias, heads)  # (b*blocks, bl, h*d)
         weights = None
-    else:  # the same math, unfused, with what the fused op cannot do
-        split = (batch * num_blocks, -1, heads, d_kv)
-        scores = torch.matmul(query.reshape(split).transpose(1, 2), keys.reshape(split).permute(0, 2, 3, 1))
-        weights = nn.functional.softmax((scores + bias).float(), dim=-1).type_as(scores)
-        if layer_head_mask is not None:
-            weights = weights * layer_head_mask.reshape(1, -1, 1, 1)
-        output = torch.matmul(weights, values.reshape(split).transpose(1, 2)).transpose(1, 2)
+    else:  # the same math in PyTorch, with what the fused op cannot do (head mask, weights out)
+        output, weights = _block_attention(query, keys, values, bias, heads, layer_head_mask)
         weights = weights.reshape(batch, num_blocks, heads, bl, -1)
     output = output.reshape(batch, num_blocks * bl, inner)[:, :seq_len]
     outputs = (self.o(output), position_bias)
