@@ -31,7 +31,7 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import lxml.etree
 import lxml.html
@@ -212,10 +212,14 @@ class _OutOfTime(Exception):
     pass
 
 
+def _stop_after(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise _OutOfTime
+
+
 def _check_deadline(state, *_args) -> bool:
     """A markdown-it rule that matches nothing: it stops the parse once the deadline has passed."""
-    if time.monotonic() > state.env["deadline"]:
-        raise _OutOfTime
+    _stop_after(state.env["deadline"])
     return False
 
 
@@ -236,16 +240,21 @@ def markdown_to_text(markdown: str, name: str = "The Markdown") -> tuple[str | N
     """(first heading, text) of a Markdown document: headings without `#`, links and images as their text,
     code kept as text, inline HTML tags dropped, no YAML front matter; one block per paragraph."""
     markdown = _strip_front_matter(markdown.replace("\r\n", "\n"))
+    deadline = time.monotonic() + MARKDOWN_SECONDS
     try:
-        tokens = _MARKDOWN.parse(markdown, {"deadline": time.monotonic() + MARKDOWN_SECONDS})
+        return _markdown_blocks(_MARKDOWN.parse(markdown, {"deadline": deadline}), deadline)
     except (_OutOfTime, RecursionError):
         raise DocumentError(
             f"{name}: its Markdown is too intricate to read in {MARKDOWN_SECONDS:g} s (for example "
             "thousands of unmatched brackets). Remove the stray markup, or save it as .txt to use it as "
             "plain text."
         ) from None
+
+
+def _markdown_blocks(tokens, deadline: float) -> tuple[str | None, str]:
     title, blocks, in_heading = None, [], False
     for token in tokens:
+        _stop_after(deadline)  # thousands of HTML blocks take a while to turn into text
         if token.type == "heading_open":
             in_heading = True
         elif token.type == "inline":
@@ -512,6 +521,10 @@ def check_url(url: str, allow_loopback: bool = False) -> CheckedURL:
     host = (parts.hostname or "").rstrip(".")
     if not host:
         raise DocumentError(f"{shown} has no host name. Give an address like https://example.com/post.")
+    try:  # the ASCII form of international names: it goes into the Host header and the TLS name
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise DocumentError(f"{shown}: {host} is not a valid host name.") from None
     port = port or (443 if scheme == "https" else 80)
     addresses = _resolve(host, port, shown)
     for address in addresses:
@@ -520,10 +533,12 @@ def check_url(url: str, allow_loopback: bool = False) -> CheckedURL:
             raise DocumentError(
                 f"{shown}: {host} is at {address}, {reason}; only public web addresses can be fetched."
             )
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # Spaces and non-ASCII characters percent-encoded, as a browser sends them; the rest as written.
+    path = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=_URL_PUNCTUATION)
     return CheckedURL(scheme, host, port, path, tuple(str(a) for a in addresses))
 
 
+_URL_PUNCTUATION = "!#$%&'()*+,-./:;=?@[]^_`{|}~"
 _IPV4_SPELLING = re.compile(r"[0-9a-fA-FxX.]+")  # decimal, hex and octal forms like 2130706433, 0x7f.1
 
 
