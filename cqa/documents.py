@@ -47,7 +47,7 @@ MAX_UPLOAD_BYTES = max(MAX_FILE_BYTES, MAX_PDF_BYTES)  # Gradio's cap, so that o
 SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf")
 TITLE_MAX_CHARACTERS = 80
 
-MARKDOWN_SECONDS = 2.0  # markdown-it-py is pure Python: ~20 µs per bracket, so 1 MB of `[` takes ~20 s
+MARKDOWN_SECONDS = 1.5  # markdown-it-py is pure Python: ~20 µs per `[`, so 1 MB of them would take ~20 s
 HTML_MAX_ELEMENTS = 10_000  # trafilatura costs ~0.1 ms per element; larger pages get the plain lxml text
 PDF_SECONDS = 20.0  # pypdf is pure Python and some damaged files make it loop
 PDF_MEMORY_BYTES = 2 * 1024**3  # the PDF child's address-space cap (decompression bombs)
@@ -110,7 +110,7 @@ def load_document_bytes(data: bytes, filename: str) -> Document:
         )
     if not data.strip():
         raise DocumentError(f"{name} is empty. Upload a file with some text in it.")
-    raw = _decode_upload(data, name)
+    raw = _decode_upload(data, name, html=suffix in (".html", ".htm"))
     if suffix in (".html", ".htm"):
         title, text = html_to_text(raw)
     elif suffix in (".md", ".markdown"):
@@ -168,7 +168,7 @@ def clean_line(text: str) -> str:
     return " ".join("".join(kept).split())
 
 
-def _decode_upload(data: bytes, name: str) -> str:
+def _decode_upload(data: bytes, name: str, html: bool = False) -> str:
     # UTF-16 and UTF-32 files (Windows "Unicode" text) say so with a byte-order mark; check those first,
     # since their text is full of NUL bytes. UTF-32-LE's mark starts with UTF-16-LE's, hence the order.
     for mark, codec in (
@@ -193,6 +193,10 @@ def _decode_upload(data: bytes, name: str) -> str:
     try:
         return data.decode("utf-8-sig")  # -sig: also accept the byte-order mark some editors write
     except UnicodeDecodeError as error:
+        declared = _declared_charset(data) if html else None  # a saved web page may say its charset
+        with contextlib.suppress(LookupError, UnicodeDecodeError):
+            if declared:
+                return data.decode(declared)
         raise DocumentError(
             f"{name} is not valid UTF-8 text (byte {error.start}: {data[error.start : error.start + 1]!r}). "
             "Save it with UTF-8 encoding and upload it again."
@@ -245,9 +249,9 @@ def markdown_to_text(markdown: str, name: str = "The Markdown") -> tuple[str | N
         return _markdown_blocks(_MARKDOWN.parse(markdown, {"deadline": deadline}), deadline)
     except (_OutOfTime, RecursionError):
         raise DocumentError(
-            f"{name}: its Markdown is too intricate to read in {MARKDOWN_SECONDS:g} s (for example "
-            "thousands of unmatched brackets). Remove the stray markup, or save it as .txt to use it as "
-            "plain text."
+            f"{name}: reading its Markdown took over {MARKDOWN_SECONDS:g} s, so it was stopped (it is very "
+            "long, or full of stray markup such as unmatched brackets). Shorten it, or save it as .txt "
+            "to use it as plain text."
         ) from None
 
 
@@ -722,6 +726,13 @@ def _page_document(url: str, headers: http.client.HTTPMessage, body: bytes) -> D
     return _document(_tidy(text), title, name, source=name)
 
 
+def _declared_charset(html: bytes) -> str | None:
+    """The charset of <meta charset=...> or <meta http-equiv=... content="...; charset=...">, if any."""
+    # Only the first 2 KB, where the declaration must be; the pattern's repeats are bounded.
+    match = _META_CHARSET.search(html[:2048])
+    return match.group(1).decode("ascii") if match else None
+
+
 def _decode_page(body: bytes, charset: str | None, sniff_meta: bool) -> str:
     """The charset from the header, else a byte-order mark, else <meta charset> (HTML), else UTF-8."""
     for mark, codec in (
@@ -732,9 +743,7 @@ def _decode_page(body: bytes, charset: str | None, sniff_meta: bool) -> str:
         if not charset and body.startswith(mark):
             charset = codec
     if not charset and sniff_meta:
-        # Only the first 2 KB, where the declaration must be; the pattern's repeats are bounded.
-        match = _META_CHARSET.search(body[:2048])
-        charset = match.group(1).decode("ascii") if match else None
+        charset = _declared_charset(body)
     try:
         return body.decode(charset or "utf-8", errors="replace")
     except LookupError:  # a charset Python does not know

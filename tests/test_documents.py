@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fixtures.pdfs import blank_pdf, encrypted_pdf, text_pdf
 
@@ -140,7 +142,8 @@ def test_markdown_upload_keeps_prose_and_drops_syntax():
 
 def test_markdown_out_of_time_is_refused_with_the_fix(monkeypatch):
     monkeypatch.setattr(documents, "MARKDOWN_SECONDS", 0.0)
-    with pytest.raises(DocumentError, match=r"post\.md: its Markdown is too intricate .* save it as \.txt"):
+    stopped = r"post\.md: reading its Markdown took over 0 s, so it was stopped .* save it as \.txt"
+    with pytest.raises(DocumentError, match=stopped):
         load_document_bytes(b"[a](b) " * 10, "post.md")
 
 
@@ -174,6 +177,14 @@ def test_empty_after_html_conversion_is_refused():
 def test_non_utf8_is_refused_with_the_fix():
     with pytest.raises(DocumentError, match=r"latin\.txt is not valid UTF-8 .*byte 3.*Save it with UTF-8"):
         load_document_bytes("Café au lait".encode("latin-1"), "latin.txt")
+
+
+def test_html_upload_in_its_declared_charset():
+    page = '<html><head><meta http-equiv="Content-Type" content="text/html; charset=windows-1252"></head>'
+    data = (page + "<p>Café “au lait”.</p>").encode("cp1252")
+    assert load_document_bytes(data, "saved.html").text == "Café “au lait”."
+    with pytest.raises(DocumentError, match=r"wrong\.html is not valid UTF-8"):  # declared, but not true
+        load_document_bytes(b'<meta charset="utf-8"><p>Caf\xe9</p>', "wrong.html")
 
 
 def test_binary_is_refused():
@@ -328,3 +339,8 @@ def test_pdf_that_takes_too_long_is_stopped_and_leaves_no_process(monkeypatch):
         load_document_bytes(text_pdf(["Fine text."]), "slow.pdf")
     after = {child.pid for child in psutil.Process().children(recursive=True)}
     assert after <= before  # the killed reader was also reaped: no zombie
+
+
+def test_the_readme_states_the_limits_as_the_code_does():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert LIMITS_TEXT in " ".join(readme.split())
