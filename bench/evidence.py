@@ -15,6 +15,19 @@ and the time per call (index cached, as in the app), and the first call on each 
     .venv/bin/python bench/evidence.py --every 4 --scorer bm25   # compare the question scorers
 
 The tests (tests/test_evidence.py) use the same documents and perturbations on a sample.
+
+Results on all 5,928 answerable dev questions (2026-12-01; the rates are deterministic, the times were
+taken on a 2-core machine shared with other jobs, so read them as upper bounds):
+
+    exact answers found                         99.9%  (misses: answers of function words only, by
+                                                design, and gold spans that cut a word: "tempted")
+    gold occurrence, with the question          94.7%  (first occurrence, no question: 80.4%)
+    reworded, at the gold occurrence            94.2%  (found anywhere: 99.5%)
+    other article -> None                       99.5%  (answers of 2+ words: 99.4%; 5,622 counted)
+    ms per call                                 0.13 mean, 1.5 p99, 12 max; first call on a document
+                                                (index built) <= 23 ms on 67k characters
+    BM25 (bm25s) over the same windows instead  91.9% gold occurrence (--scorer bm25 --every 2)
+    TryoCoQA answers that get a span            80.7% of 140 (free-form answers; no gold spans)
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ if str(REPO) not in sys.path:
 from cqa import evidence  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "squad2" / "dev-v2.0.reconstructed.json"
+DEFAULT_TRYOCOQA = REPO.parent / "shared" / "data" / "tryocoqa" / "tryocoqa_v1.json"
 
 
 @dataclass(frozen=True)
@@ -201,11 +215,32 @@ def _vocabulary_ids(windows):
     return ids, vocabulary
 
 
+def tryocoqa_located(path: Path) -> dict:
+    """On TryoCoQA (people's free-form answers about blog posts, the app's own kind of text): how many
+    answers get a span. There are no gold spans, so this is a rate of finding, not of correctness."""
+    import ast
+
+    def listed(value):  # the file stores some lists as their Python repr
+        return ast.literal_eval(value) if isinstance(value, str) else value
+
+    answers = located = 0
+    for conversation in json.loads(Path(path).read_text(encoding="utf-8")):
+        questions = listed(conversation["questions"])
+        replies = listed(conversation["answers"])["input_text"]
+        for question, reply in zip(questions, replies, strict=True):
+            if evidence.is_no_answer(reply):
+                continue
+            answers += 1
+            located += evidence.locate_answer(conversation["story"], reply, question) is not None
+    return {"tryocoqa answers": answers, "tryocoqa located": located / max(1, answers)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--tryocoqa", type=Path, default=DEFAULT_TRYOCOQA, help="skipped when absent")
     parser.add_argument("--every", type=int, default=1, help="use every N-th answerable question")
     parser.add_argument("--scorer", choices=("proximity", "bm25"), default="proximity")
     args = parser.parse_args()
@@ -214,6 +249,8 @@ def main() -> None:
     if args.scorer == "bm25":
         evidence.question_scores = bm25_question_scores
     results = measure(squad_articles(args.data), args.every)
+    if args.tryocoqa.exists():
+        results |= tryocoqa_located(args.tryocoqa)
     print(json.dumps(results, indent=2))
 
 
