@@ -104,9 +104,8 @@ def load_document_bytes(data: bytes, filename: str) -> Document:
         return _load_pdf(data, name)
     if len(data) > MAX_FILE_BYTES:
         raise DocumentError(
-            f"{name} is {len(data) / 1e6:.1f} MB; the limit is {_megabytes(MAX_FILE_BYTES)} for text, "
-            f"Markdown and HTML files ({LIMITS_TEXT}) Upload a shorter document "
-            "(the model reads only about the first 7,000 tokens anyway)."
+            f"{name} is {len(data) / 1e6:.1f} MB; the limit is {_megabytes(MAX_FILE_BYTES)}. {LIMITS_TEXT} "
+            "Upload a shorter document (the model reads only about the first 7,000 tokens anyway)."
         )
     if not data.strip():
         raise DocumentError(f"{name} is empty. Upload a file with some text in it.")
@@ -393,7 +392,7 @@ def _load_pdf(data: bytes, name: str) -> Document:
         )
     if error:
         raise DocumentError(
-            f"{name} is damaged or not a PDF that can be read ({result.get('detail', 'unknown error')}). "
+            f"{name} is damaged or not a PDF that can be read ({clean_line(result.get('detail', '?'))}). "
             "Open it and save or print it to a new PDF, or paste the text."
         )
     return _pdf_document(result["pages"], result.get("title"), name, result.get("stopped", False))

@@ -331,8 +331,7 @@ def test_a_file_named_pdf_that_is_not_one_is_refused():
 
 
 def test_pdf_that_takes_too_long_is_stopped_and_leaves_no_process(monkeypatch):
-    import psutil
-
+    psutil = pytest.importorskip("psutil")
     monkeypatch.setattr(documents, "PDF_SECONDS", 0.01)  # shorter than the reader process takes to start
     before = {child.pid for child in psutil.Process().children(recursive=True)}
     with pytest.raises(DocumentError, match=r"slow\.pdf took longer than 0\.01 s to read, so reading it was"):
