@@ -64,6 +64,8 @@ class Pages(BaseHTTPRequestHandler):
             self.send(
                 200, "First line\r\n\r\n\r\nSecond ☃.".encode(), {"Content-Type": "text/plain; charset=utf-8"}
             )
+        elif path == "/host":
+            self.send(200, f"Host: {self.headers['Host']}".encode(), {"Content-Type": "text/plain"})
         elif path == "/redirect":
             self.send(302, headers={"Location": "/article"})
         elif path == "/redirect-absolute":
@@ -221,6 +223,12 @@ def test_fetch_tries_each_address_of_a_name(site):
     # localhost may resolve to ::1 first, where nothing listens: the next checked address is used.
     port = site.rsplit(":", 1)[1]
     assert fetch(f"http://localhost:{port}/plain").title == "First line"
+
+
+def test_the_connection_goes_to_the_checked_address_with_the_name_in_the_host_header(site):
+    port = site.rsplit(":", 1)[1]
+    assert fetch(f"http://localhost:{port}/host").text == f"Host: localhost:{port}"
+    assert fetch(f"{site}/host").text == f"Host: 127.0.0.1:{port}"
 
 
 def test_plain_text_pages(site):
