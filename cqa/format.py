@@ -44,30 +44,37 @@ _JOIN_MARGIN = 16
 # "||", "<Q>", "<A>" are added tokens and "<Q1>", "<A2>", ... tokenize to the same pieces as the history
 # markers ("<" is unknown to T5: <unk> Q 1 >), so such text would fake the dialogue's structure. The T5
 # normalizer (NFKC-like) runs before the added tokens are matched, so the full-width and small forms
-# ("｜", "＜", "﹤", "Ｑ", ...) make the same markers: they count too. The replacements keep the length (one
-# character for one), so offsets into the document stay valid, and use pieces T5 knows: "<Q1>" becomes
-# "(Q1)" (pieces "▁(" "Q" "1)"), "||" becomes "| " ("▁|" or "|"); the look-alikes "‹Q›" or "¦¦" would
-# reach the model as <unk>.
+# ("｜", "＜", "﹤", "Ｑ", ...) make the same markers, and so do markers with control characters inside
+# ("<\x01Q>"), which it deletes: they count too (the sets below come from running the real normalizer
+# over all of Unicode). The replacements keep the length (one character for one), so offsets into the
+# document stay valid, and use pieces T5 knows: "<Q1>" becomes "(Q1)" (pieces "▁(" "Q" "1)"), "||"
+# becomes "| " ("▁|" or "|"); look-alikes such as "‹Q›" or "¦¦" would reach the model as <unk>.
 _BAR = "|｜"
 _OPEN = "<﹤＜"
 _CLOSE = ">﹥＞"
-_BAR_PAIR = re.compile(f"[{_BAR}][{_BAR}]")
-_ANGLED = re.compile(f"[{_OPEN}]([^\\s{_OPEN}{_CLOSE}]{{1,8}}?)[{_CLOSE}]")
+_DELETED = "\x00-\x08\x0b\x0e-\x1f\x7f\x8f\x9f"  # control characters the T5 normalizer drops
+_BAR_PAIR = re.compile(f"[{_BAR}][{_DELETED}]*[{_BAR}]")
+_ANGLED = re.compile(f"[{_OPEN}]((?:[{_DELETED}]|[^\\s{_OPEN}{_CLOSE}]){{1,16}}?)[{_CLOSE}]")
+_DELETED_CHARACTERS = re.compile(f"[{_DELETED}]")
 _MARKER_INSIDE = re.compile(r"[QA]\d*")
 
 
 def _round_brackets(match: re.Match) -> str:
     inside = match.group(1)
-    if not _MARKER_INSIDE.fullmatch(unicodedata.normalize("NFKC", inside)):
+    seen = unicodedata.normalize("NFKC", _DELETED_CHARACTERS.sub("", inside))  # what the tokenizer reads
+    if not _MARKER_INSIDE.fullmatch(seen):
         return match.group(0)  # "<b>", "<br>", "a<b>c": not a marker, left as it is
     return f"({inside})"
+
+
+def _one_bar(match: re.Match) -> str:
+    return match.group(0)[0] + " " * (len(match.group(0)) - 1)
 
 
 def neutralize_markers(text: str) -> str:
     """``text`` with every marker of the model input (``||``, ``<Q>``, ``<A>``, ``<Q1>``, ...) made
     harmless: ``<Q1>`` -> ``(Q1)``, ``||`` -> ``| ``. Same length, character for character elsewhere."""
-    text = _ANGLED.sub(_round_brackets, text)
-    return _BAR_PAIR.sub(lambda match: match.group(0)[0] + " ", text)
+    return _BAR_PAIR.sub(_one_bar, _ANGLED.sub(_round_brackets, text))
 
 
 def _clean(text: str) -> str:

@@ -94,13 +94,15 @@ def test_fit_rejects_a_dialogue_that_cannot_fit(tokenizer):
         "<Q1> older <A1> answer <Q12>",
         "|||| and ｜｜ (full-width) and ＜Ｑ＞ ﹤A2﹥",
         "plain text, <b>bold</b>, a < b > c, <QA>, <Q 1>",
+        "control characters the tokenizer deletes: <\x01Q> |\x1c| <A\x7f2>",
     ],
 )
 def test_neutralize_markers_keeps_the_length_and_leaves_no_marker(text):
     neutral = neutralize_markers(text)
     assert len(neutral) == len(text)
     assert neutralize_markers(neutral) == neutral  # idempotent: neutralizing twice changes nothing
-    normalized = unicodedata.normalize("NFKC", neutral)  # what the T5 normalizer does before matching
+    # What the T5 normalizer does before matching added tokens: NFKC, and control characters deleted.
+    normalized = unicodedata.normalize("NFKC", re.sub("[\x00-\x08\x0b\x0e-\x1f\x7f\x8f\x9f]", "", neutral))
     assert "||" not in normalized
     assert not re.search(r"<[QA]\d*>", normalized)
 

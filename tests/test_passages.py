@@ -1,11 +1,12 @@
 import importlib.util
+import random
 import re
 import sys
 from itertools import pairwise
 
 import pytest
 
-from cqa.format import build_model_input, fit_model_input
+from cqa.format import build_model_input, fit_model_input, neutralize_markers
 from cqa.passages import (
     choose_passages,
     paragraph_spans,
@@ -108,6 +109,19 @@ def test_markers_reach_the_real_t5_tokenizer_once(t5_tokenizer):
     assert {encoding.ids[i] for i, piece in enumerate(encoding.tokens) if piece == "<"} == {2}  # <unk>
     # Neutralized markers are ordinary pieces, not unknown ones.
     assert t5_tokenizer.encode("(Q1) | ").tokens == ["▁(", "Q", "1)", "▁|", "</s>"]
+
+
+def test_no_marker_survives_neutralizing_for_the_real_normalizer(t5_tokenizer):
+    """Random text made of marker characters, their look-alikes and the control characters T5 deletes."""
+    alphabet = [*"|｜<﹤＜>﹥＞QＱA1１2 x", "\x01", "\x1c", "\x7f"]
+    rng = random.Random(0)
+    for _ in range(200):
+        text = "".join(rng.choice(alphabet) for _ in range(200))
+        neutral = neutralize_markers(text)
+        assert len(neutral) == len(text)
+        seen = t5_tokenizer.normalizer.normalize_str(neutral)  # what the added tokens are matched in
+        assert "||" not in seen and not re.search(r"<[QA]\d*>", seen)
+        assert not {32100, 32101, 32102} & set(t5_tokenizer.encode(neutral).ids)
 
 
 def _bench():
