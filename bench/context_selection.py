@@ -308,6 +308,11 @@ def fit_speed(tokenizer, text: str, question: Question, budgets: Sequence[int], 
         print(f"| {budget:,} | {head * 1000:.0f} ms | {relevant * 1000:.0f} ms |")
 
 
+def _rate(rates: dict, variant: str, budget: int) -> str:
+    rate = rates.get((variant, budget))
+    return "n/a" if rate is None else f"{rate:.3f}"
+
+
 def answer_latency(text: str, question: Question, budgets: Sequence[int], rates: dict, args) -> None:
     """Seconds per answer (cqa runtime, int8, LongT5-base-shaped random weights) at each budget."""
     sys.path.insert(0, str(REPO / "bench"))
@@ -330,8 +335,8 @@ def answer_latency(text: str, question: Question, budgets: Sequence[int], rates:
             backend, text, question.history, question.question, budget, strategy="relevant"
         )
         seconds = median_seconds(lambda f=fitted: answer(f.text), args.runs)
-        squad, tryo = rates["SQuAD"].get(("relevant", budget)), rates["TryoCoQA"].get(("relevant", budget))
-        print(f"| {budget:,} | {fitted.input_tokens:,} | {seconds:.2f} s | {squad:.3f} | {tryo:.3f} |")
+        squad, tryo = (_rate(rates[name], "relevant", budget) for name in ("SQuAD", "TryoCoQA"))
+        print(f"| {budget:,} | {fitted.input_tokens:,} | {seconds:.2f} s | {squad} | {tryo} |")
 
 
 # ----------------------------------------------------------------------------- main
