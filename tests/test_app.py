@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from fixtures.slow_model import SlowGenerator
 from gradio_client import Client, handle_file
 
 from app import MAX_QUESTION_TOKENS, PRECISIONS, build_app, parse_args
@@ -63,17 +64,36 @@ def new_client(url: str) -> Client:
     return Client(url, verbose=False, download_files=False)
 
 
+CHAT_OUTPUTS = (
+    "chatbot",
+    "question_box",
+    "notice",
+    "input_info",
+    "dialogue",
+    "kept",
+    "details",
+    "document_view",
+    "download",
+)
+DOCUMENT_OUTPUTS = ("header", "status", *CHAT_OUTPUTS)
+
+
+SKIPPED = {"__type__": "update"}  # an output that an update left as it was
+
+
+def named(outputs, names=CHAT_OUTPUTS) -> dict:
+    assert len(outputs) == len(names)
+    return dict(zip(names, outputs, strict=True))
+
+
 def chat(client: Client, question: str) -> dict:
     """One turn; returns the chat endpoint's outputs by name."""
-    chatbot, question_box, notice, input_info, dialogue, details = client.predict(question, api_name="/chat")
-    return {
-        "chatbot": chatbot,
-        "question_box": question_box,
-        "notice": notice,
-        "input_info": input_info,
-        "dialogue": dialogue,
-        "details": details,
-    }
+    return named(client.predict(question, api_name="/chat"))
+
+
+def use(client: Client, *args, api_name: str) -> dict:
+    """A document endpoint (/use_text, /use_file, /use_url, /use_default); its outputs by name."""
+    return named(client.predict(*args, api_name=api_name), DOCUMENT_OUTPUTS)
 
 
 def text_of(message: dict) -> str:
@@ -101,7 +121,7 @@ def test_four_turns_model_input_holds_the_last_two(server):
     assert questions[0] not in details["model_input"]
     assert result["dialogue"] == expected[len(DOCUMENT.text) :]
     assert len(result["chatbot"]) == 8  # the whole conversation stays on screen
-    assert result["question_box"] == ""  # sending clears the box
+    assert result["question_box"] == SKIPPED  # the box was cleared once, when the question was taken
     assert result["notice"] == ""
 
 
@@ -159,17 +179,23 @@ def test_empty_and_huge_questions_get_a_message_and_lose_nothing(server):
     assert len(after["chatbot"]) == 4  # neither bad question reached the conversation
 
 
-def test_oversized_document_is_truncated_with_a_notice(server, generator):
+def test_oversized_document_keeps_the_passages_related_to_the_question(server, generator):
     client = new_client(server)
-    long_text = " ".join(f"Paragraph {i} says otters are mammals." for i in range(600))
-    client.predict(long_text, api_name="/use_text")
-    result = chat(client, "Are otters mammals?")
-    assert "only its first" in result["notice"]
-    assert "only its first" in result["input_info"]
+    paragraphs = [f"Paragraph {i} says otters are mammals of kind {i}." for i in range(600)]
+    paragraphs[550] = "The zebra herd crossed the Mara river at dawn."
+    long_text = "\n\n".join(paragraphs)
+    use(client, long_text, api_name="/use_text")
+    result = chat(client, "Which river did the zebra herd cross?")
+    assert "passages most related to your question" in result["notice"]
+    assert "passages most related to your question" in result["input_info"]
     details = result["details"]
-    assert details["truncated"] and details["done"]
-    assert details["model_input"].endswith(" || <Q> Are otters mammals? <A> ")
+    assert details["truncated"] and details["done"] and details["context_strategy"] == "relevant"
+    assert "The zebra herd crossed the Mara river at dawn." in details["model_input"]  # the end, kept
+    assert details["model_input"].endswith(" || <Q> Which river did the zebra herd cross? <A> ")
     assert generator.count_tokens(details["model_input"]) <= MAX_INPUT_TOKENS
+    # The kept parts are shown, and they are ranges of the document itself.
+    ranges = details["kept_ranges"]
+    assert ranges and all(long_text[a:b] in result["kept"] for a, b in ranges)
 
 
 def test_clear_resets_the_conversation(server):
@@ -185,7 +211,8 @@ def test_retry_replaces_the_last_answer(server):
     client = new_client(server)
     first = chat(client, "Where do sea otters live?")["details"]
     chat(client, "What do they eat?")
-    chatbot, _, _, _, _, details = client.predict(api_name="/retry")
+    retried = named(client.predict(api_name="/retry"))
+    chatbot, details = retried["chatbot"], retried["details"]
     assert details["question"] == "What do they eat?"
     assert details["model_input"] == build_model_input(
         DOCUMENT.text, [("Where do sea otters live?", first["text"])], "What do they eat?"
@@ -206,25 +233,25 @@ def test_switching_document_resets_the_conversation(server, tmp_path):
         "</html>",
         encoding="utf-8",
     )
-    header, status, chatbot, notice, *_ = client.predict(handle_file(str(page)), api_name="/use_file")
-    assert "Zebras" in header and "Zebras" in status
-    assert chatbot == [] and "starts over" in notice
+    switched = use(client, handle_file(str(page)), api_name="/use_file")
+    assert "Zebras" in switched["header"] and "Zebras" in switched["status"]
+    assert switched["chatbot"] == [] and "starts over" in switched["notice"]
     model_input = chat(client, "What do zebras have?")["details"]["model_input"]
-    assert model_input == "Zebras\n\nZebras have black and white stripes. || <Q> What do zebras have? <A> "
+    assert "Zebras have black and white stripes." in model_input
+    assert "var x" not in model_input and "color: red" not in model_input  # scripts and styles are not text
+    assert model_input.endswith(" || <Q> What do zebras have? <A> ")
 
     # A bad upload is refused with a message; the document and the conversation stay as they were.
     binary = tmp_path / "image.txt"
     binary.write_bytes(b"GIF89a\x00\x01\x00\x00")
-    _, status, *_ = client.predict(handle_file(str(binary)), api_name="/use_file")
-    assert "binary" in status and "image\\.txt" in status  # the file's name, escaped: shown literally
+    refused = use(client, handle_file(str(binary)), api_name="/use_file")
+    assert "binary" in refused["status"] and "image.txt" in refused["status"]
     kept = chat(client, "What colour?")["details"]["model_input"]
-    assert kept.startswith("Zebras\n\nZebras have") and "<Q1> What do zebras have? <A1>" in kept
+    assert "Zebras have black" in kept and "<Q1> What do zebras have? <A1>" in kept
 
-    _, status, *_ = client.predict("   ", api_name="/use_text")
-    assert "no text" in status
+    assert "no text" in use(client, "   ", api_name="/use_text")["status"]
 
-    header, *_ = client.predict(api_name="/use_default")
-    assert "Otters" in header
+    assert "Otters" in use(client, api_name="/use_default")["header"]
     back = chat(client, "Where do sea otters live?")["details"]["model_input"]
     assert back == build_model_input(DOCUMENT.text, [], "Where do sea otters live?")
 
@@ -339,10 +366,10 @@ def test_app_command_serves_a_conversation_without_torch(quantized_dir, tmp_path
     log_path = tmp_path / "app.log"
     env = {"CONTEXT_FILE": str(context), "MAX_INPUT_TOKENS": "300", "THREADS": "1"}
     with app_command("--model", str(quantized_dir), env=env, log_path=log_path) as (process, url):
-        details = new_client(url).predict("What do otters use?", api_name="/chat")[-1]
+        details = chat(new_client(url), "What do otters use?")["details"]
         assert details["done"]
         assert details["truncated"]  # MAX_INPUT_TOKENS=300 from the environment
-        assert details["model_input"].startswith("Otters\n\nSea otters use stones as tools.")
+        assert details["model_input"].startswith("Sea otters use stones as tools.")  # its kept passages
         assert details["model_input"].endswith(" || <Q> What do otters use? <A> ")
         # Importing torch would map its shared libraries into the server process.
         assert "/torch/" not in Path(f"/proc/{process.pid}/maps").read_text()
@@ -357,3 +384,161 @@ def test_precision_option_and_environment(monkeypatch):
     monkeypatch.setenv("PRECISION", "fp32")
     assert PRECISIONS[parse_args([]).precision] is False
     assert PRECISIONS[parse_args(["--precision", "int8"]).precision] is True  # the command line wins
+
+
+# --- Answers that take a while: what the visitor does meanwhile is never lost ---
+
+
+SLOW_TOKENS = 30  # 3 s per answer
+
+
+@pytest.fixture(scope="module")
+def slow(tiny_dir):
+    generator = SlowGenerator.load(tiny_dir / "onnx", threads=1)
+    demo = build_app(
+        generator,
+        DOCUMENT,
+        max_input_tokens=MAX_INPUT_TOKENS,
+        max_new_tokens=SLOW_TOKENS,
+        not_listening_seconds=1.5,
+    )
+    demo.queue(max_size=32)
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    yield generator, f"http://127.0.0.1:{port}/", demo
+    demo.close()
+
+
+def wait_until_generating(generator: SlowGenerator, calls_before: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while len(getattr(generator, "progress", [])) <= calls_before or generator.progress[-1] < 2:
+        assert time.monotonic() < deadline, "the answer did not start"
+        time.sleep(0.05)
+
+
+def calls(generator) -> int:
+    return len(getattr(generator, "progress", []))
+
+
+@pytest.mark.slow
+def test_a_question_sent_while_one_is_answered_is_kept_with_a_notice(slow):
+    generator, url, _ = slow
+    client = new_client(url)
+    before = calls(generator)
+    first = client.submit("Where do sea otters live?", api_name="/chat")
+    wait_until_generating(generator, before)
+    second = chat(client, "What do they eat?")
+    assert "still being answered" in second["notice"] and "stays in the box" in second["notice"]
+    done = named(first.result(timeout=60))
+    assert done["details"]["done"] and done["details"]["stored"]
+    assert len(done["chatbot"]) == 2  # the second question did not enter the conversation
+    assert calls(generator) == before + 1  # and it never reached the model
+
+
+@pytest.mark.slow
+def test_clear_while_an_answer_is_written_wins_over_the_late_answer(slow):
+    generator, url, _ = slow
+    client = new_client(url)
+    chat(client, "Where do sea otters live?")
+    before = calls(generator)
+    running = client.submit("What do they eat?", api_name="/chat")
+    wait_until_generating(generator, before)
+    cleared = named(client.predict(api_name="/clear"))  # gradio_client sends no cancel
+    assert cleared["chatbot"] == []
+    late = named(running.result(timeout=60))
+    assert "was not kept" in late["notice"] and late["chatbot"] == []
+    assert late["details"]["stored"] is False
+    model_input = chat(client, "How do they open shells?")["details"]["model_input"]
+    assert model_input == build_model_input(DOCUMENT.text, [], "How do they open shells?")
+
+
+@pytest.mark.slow
+def test_a_new_document_while_an_answer_is_written_wins(slow):
+    generator, url, _ = slow
+    client = new_client(url)
+    before = calls(generator)
+    running = client.submit("Where do sea otters live?", api_name="/chat")
+    wait_until_generating(generator, before)
+    use(client, "Zebras\n\nZebras have stripes.", api_name="/use_text")
+    late = named(running.result(timeout=60))
+    assert "was not kept" in late["notice"]
+    model_input = chat(client, "What do zebras have?")["details"]["model_input"]
+    assert model_input == build_model_input("Zebras\n\nZebras have stripes.", [], "What do zebras have?")
+
+
+@pytest.mark.slow
+def test_two_clients_are_answered_in_order_and_told_their_place(slow):
+    generator, url, _ = slow
+    alice, bob = new_client(url), new_client(url)
+    before = calls(generator)
+    first = alice.submit("alpha question", api_name="/chat")
+    wait_until_generating(generator, before)
+    second = bob.submit("beta question", api_name="/chat")
+    alice_done = named(first.result(timeout=60))
+    bob_done = named(second.result(timeout=60))
+    assert alice_done["details"]["done"] and bob_done["details"]["done"]
+    notices = [named(outputs)["notice"] for outputs in second.outputs()]
+    assert any("1 question ahead of yours" in (text or "") for text in notices)
+    assert "alpha" not in bob_done["details"]["model_input"]
+
+
+@pytest.mark.slow
+def test_a_client_that_disconnects_stops_its_answer(slow):
+    """A client process killed mid-answer: its answer stops at the next token and the slot is free."""
+    generator, url, _ = slow
+    before = calls(generator)
+    script = (
+        "import sys, time\n"
+        "from gradio_client import Client\n"
+        "Client(sys.argv[1], verbose=False).submit('Where do sea otters live?', api_name='/chat')\n"
+        "time.sleep(120)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, url])
+    try:
+        wait_until_generating(generator, before, timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    time.sleep(1.0)
+    stopped_at = generator.progress[before]
+    time.sleep(0.5)
+    assert generator.progress[before] == stopped_at < SLOW_TOKENS  # it stopped, well before the end
+    answered = chat(new_client(url), "What do they eat?")
+    assert answered["details"]["done"]
+
+
+@pytest.mark.slow
+def test_a_client_that_never_listens_gives_up_its_place(slow):
+    """Joining the queue without ever reading the updates (a raw HTTP client) holds the slot for a
+    moment only."""
+    generator, url, _ = slow
+    fn_index = new_client(url)._infer_fn_index("/chat", None)
+    before = calls(generator)
+    body = json.dumps({"data": ["Where do sea otters live?"], "fn_index": fn_index, "session_hash": "mute01"})
+    request = urllib.request.Request(
+        url + "gradio_api/queue/join", body.encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    wait_until_generating(generator, before, timeout=60)
+    deadline = time.monotonic() + 10
+    while True:  # stopped once its updates stay unread for 1.5 s
+        progress = generator.progress[before]
+        time.sleep(0.5)
+        if generator.progress[before] == progress:
+            break
+        assert time.monotonic() < deadline
+    assert generator.progress[before] < SLOW_TOKENS
+
+
+def test_download_conversation_holds_every_turn(server):
+    client = new_client(server)
+    assert chat(client, "Where do sea otters live?")["details"]["stored"]
+    second = chat(client, "What do they eat?")
+    download = second["download"]
+    link = download["value"]["url"] if "value" in download else download["url"]
+    with urllib.request.urlopen(link, timeout=10) as response:
+        text = response.read().decode("utf-8")
+    assert text.startswith("# Conversation about “Otters”")
+    assert "## 1. Where do sea otters live?" in text and "## 2. What do they eat?" in text
+    assert second["details"]["text"] in text and "tokens in" in text
