@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -542,3 +543,97 @@ def test_download_conversation_holds_every_turn(server):
     assert text.startswith("# Conversation about “Otters”")
     assert "## 1. Where do sea otters live?" in text and "## 2. What do they eat?" in text
     assert second["details"]["text"] in text and "tokens in" in text
+
+
+def test_a_pdf_upload_keeps_its_pages_and_evidence_says_which(server, tmp_path):
+    from fixtures.pdfs import text_pdf
+
+    pdf = tmp_path / "report.pdf"
+    pdf.write_bytes(
+        text_pdf(["Otters float on their backs.", "Beavers build dams.", "Sea otters hold hands."], "Report")
+    )
+    client = new_client(server)
+    switched = use(client, handle_file(str(pdf)), api_name="/use_file")
+    assert "Now answering questions about" in switched["status"]
+    result = chat(client, "Who holds hands?")
+    details = result["details"]
+    assert "Sea otters hold hands." in details["model_input"]
+    evidence = details["evidence"]
+    if evidence is not None:  # the tiny model's answer happened to quote the document
+        assert evidence["quote"] in details["model_input"] and evidence["page"] in (1, 2, 3)
+
+    encrypted = tmp_path / "secret.pdf"
+    from fixtures.pdfs import encrypted_pdf
+
+    encrypted.write_bytes(encrypted_pdf(["Hidden text."], user_password="pw"))
+    refused = use(client, handle_file(str(encrypted)), api_name="/use_file")
+    assert "password" in refused["status"] and "secret.pdf" in refused["status"]
+    assert chat(client, "And beavers?")["details"]["model_input"].startswith(details["model_input"][:40])
+
+
+@pytest.fixture(scope="module")
+def local_site():
+    """A web page served on 127.0.0.1: an article between a menu, a cookie banner and a footer."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    page = (
+        "<html><head><title>Otter news</title></head><body>"
+        "<nav><a href='/'>Home</a> <a href='/about'>About us</a></nav>"
+        "<div class='cookie-banner'>We use cookies. Accept all cookies?</div>"
+        "<article><h1>Otters learn to use tools</h1>"
+        + "".join(
+            f"<p>Paragraph {i}: sea otters in the kelp forest crack shells with stones, which they keep "
+            "in a pouch under their arm for the next meal.</p>"
+            for i in range(6)
+        )
+        + "</article><footer>Copyright 2026 Otter News. All rights reserved.</footer></body></html>"
+    ).encode()
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    site = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{site.server_address[1]}/news/otters"
+    site.shutdown()
+
+
+def test_a_web_page_by_its_address_keeps_its_article_only(tiny_dir, generator, local_site):
+    demo = build_app(
+        generator, DOCUMENT, max_input_tokens=MAX_INPUT_TOKENS, max_new_tokens=4, allow_local_urls=True
+    )
+    demo.queue()
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    try:
+        client = new_client(f"http://127.0.0.1:{port}/")
+        switched = use(client, local_site, api_name="/use_url")
+        assert "Otters learn to use tools" in switched["header"]
+        model_input = chat(client, "What do otters keep in a pouch?")["details"]["model_input"]
+        assert "crack shells with stones" in model_input
+        for boilerplate in ("About us", "cookies", "Copyright"):
+            assert boilerplate not in model_input
+    finally:
+        demo.close()
+
+
+def test_a_public_server_refuses_local_addresses(server, local_site):
+    # The module's server runs as on a Space (no --allow-local-urls): refused before any connection.
+    client = new_client(server)
+    refused = use(client, local_site, api_name="/use_url")
+    assert "loopback" in refused["status"].lower() or "local" in refused["status"].lower()
+    assert "Otters" in use(client, api_name="/use_default")["header"]
+
+
+def test_the_header_names_the_model_folder_not_the_server_path(server, tiny_dir):
+    header = use(new_client(server), api_name="/use_default")["header"]
+    assert "<code>onnx</code>" in header and str(tiny_dir) not in header
