@@ -26,6 +26,7 @@ from training.data import (
     load_examples,
     split_conversations,
     squad_hub_example,
+    tryocoqa_validation_ids,
     write_smoke_datasets,
 )
 
@@ -176,10 +177,38 @@ def test_tryocoqa_split_is_by_conversation_deterministic_and_85_15(tmp_path):
     assert len(validation_ids) == 2  # round(15 * 0.15)
     assert load_examples("tryocoqa", path, "validation") == validation  # same seed, same split
     other_seeds = {
-        frozenset(e["id"].split("_")[0] for e in load_examples("tryocoqa", path, "validation", seed=s))
+        frozenset(e["id"].split("_")[0] for e in load_examples("tryocoqa", path, "validation", split_seed=s))
         for s in range(5)
     }
-    assert len(other_seeds) > 1  # the seed matters
+    assert len(other_seeds) > 1  # the split seed matters
+    assert validation_ids == set(tryocoqa_validation_ids(path))  # what results.json records
+
+
+def test_tryocoqa_split_is_the_same_for_every_training_seed(tmp_path):
+    """A seed sweep (seed 42, 0, 1) must compare models on one validation set: only split_seed moves it."""
+    from training.train import load_dataset_examples, load_recipe
+
+    path = tryocoqa_file(tmp_path / "tryocoqa_v1.json", n_conversations=15)
+    recipe = Path(__file__).resolve().parents[1] / "training" / "recipes" / "smoke_stage2.yaml"
+    spec = {"name": "tryocoqa", "file": str(path), "split": "validation"}
+
+    def validation_conversations(**overrides) -> frozenset[str]:
+        r = load_recipe(recipe, eval_datasets=[spec], **overrides)
+        return frozenset(e["id"].split("_")[0] for e in load_dataset_examples(r.eval_datasets[0], r))
+
+    assert len({validation_conversations(seed=seed) for seed in (42, 0, 1)}) == 1
+    assert validation_conversations(seed=0) == validation_conversations()
+    assert validation_conversations(split_seed=1) != validation_conversations(split_seed=0)
+
+
+def test_a_recorded_split_is_used_as_recorded(tmp_path):
+    path = tryocoqa_file(tmp_path / "tryocoqa_v1.json", n_conversations=15)
+    validation = load_examples("tryocoqa", path, "validation", validation_ids=["3", "11"])
+    train = load_examples("tryocoqa", path, "train", validation_ids=["3", "11"])
+    assert {e["id"].split("_")[0] for e in validation} == {"3", "11"}
+    assert {e["id"].split("_")[0] for e in train} == {str(c) for c in range(15)} - {"3", "11"}
+    with pytest.raises(DataFormatError, match=r"\['99'\] are not in this TryoCoQA file"):
+        load_examples("tryocoqa", path, "validation", validation_ids=["3", "99"])
 
 
 def test_split_conversations_sizes():

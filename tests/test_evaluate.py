@@ -156,3 +156,30 @@ def test_official_predictions_are_scored_by_the_metrics_cli(dataset, tiny_dir, t
         assert result["overall"]["turns"] == questions
         assert (result["children_stories"]["turns"], result["reddit"]["turns"]) == (3, 2)
         assert result["children_stories"]["em"] > 0  # turn 1: "unknown" against two "unknown" golds
+
+
+def test_tryocoqa_is_scored_on_the_split_the_model_was_trained_with(tiny_dir, tmp_path, caplog):
+    """training.train records the validation conversations in results.json; evaluate reads them back,
+    so it never scores conversations the model trained on (whatever seed the run used)."""
+    import shutil
+
+    from training.data import tryocoqa_validation_ids
+    from training.evaluate import main
+
+    tryocoqa = write_smoke_datasets(tmp_path / "data")["tryocoqa"]
+    default = tryocoqa_validation_ids(tryocoqa)
+    recorded = [i for i in ("0", "5", "6") if i not in default][:2]
+    stage = tmp_path / "stage2"
+    shutil.copytree(tiny_dir / "model", stage / "best")
+    (stage / "results.json").write_text(json.dumps({"split": {"seed": 7, "validation_ids": recorded}}))
+    caplog.set_level("INFO", logger="training.evaluate")
+
+    def conversations(model: Path, out: str) -> set[str]:
+        args = ["--model", str(model), "--dataset", "tryocoqa", "--file", str(tryocoqa)]
+        main([*args, "--max-new-tokens", "2", "--out", str(tmp_path / out)])
+        rows = (tmp_path / out / "predictions.jsonl").read_text().splitlines()
+        return {json.loads(row)["id"].rsplit("_", 1)[0] for row in rows}
+
+    assert conversations(stage / "best", "recorded") == set(recorded)
+    assert any("split recorded in" in r.getMessage() and "(seed 7)" in r.getMessage() for r in caplog.records)
+    assert conversations(tiny_dir / "model", "default") == set(default)  # no record: the fixed seed

@@ -62,6 +62,22 @@ def test_score_takes_the_max_over_golds():
     assert result["exact"] == pytest.approx(100 / 3)
 
 
+def test_a_partial_no_answer_scores_zero_as_in_the_official_scorers(tmp_path, capsys):
+    """The trainer's F1 must be the official one: "I can't answer" is not half of "I can't answer that."
+    (token F1 against the text: 85.7) but a real answer against a no-answer gold: 0."""
+    assert compute_f1(NO_ANSWER, "I can't answer") == pytest.approx(6 / 7)  # the text, token by token
+    assert score(["I can't answer"], [[NO_ANSWER]]) == {"exact": 0.0, "f1": 0.0}
+    assert score([NO_ANSWER], [[NO_ANSWER]]) == {"exact": 100.0, "f1": 100.0}
+    assert score(["i can't answer that"], [[NO_ANSWER]])["exact"] == 100.0  # normalized, as mapped back
+    assert score([NO_ANSWER], [["Paris"]])["f1"] == 0.0
+    assert score(["I can't answer"], [[NO_ANSWER]], no_answer=None)["f1"] == pytest.approx(600 / 7)
+    # the same prediction through the official SQuAD 2.0 scorer
+    data = squad_file(tmp_path / "dev.json", [("Anna lives in Paris.", [("q1", "How old is Anna?", [])])])
+    predictions = write_json(tmp_path / "pred.json", {"q1": "I can't answer"})
+    assert main(["squad_v2", str(data), str(predictions)])["f1"] == 0.0
+    capsys.readouterr()
+
+
 def test_score_rejects_length_mismatch():
     with pytest.raises(ValueError, match="2 predictions but 1 references"):
         score(["a", "b"], [["a"]])
@@ -199,6 +215,32 @@ def test_coqa_cli_hand_computed(tmp_path, capsys):
         "out_domain",
         "overall",
     }
+
+
+def test_coqa_format_files_of_other_sources_are_scored_under_their_own_name(tmp_path, capsys):
+    data = coqa_file(
+        tmp_path / "tryocoqa-as-coqa.json",
+        [
+            coqa_story(
+                "t1", "Ana wrote a post.", [("Who wrote it?", "Ana"), ("When?", "unknown")], "tryocoqa"
+            ),
+            coqa_story("s2", "Ben has a blue car.", [("What color is it?", "blue")], source="reddit"),
+        ],
+    )
+    predictions = write_json(
+        tmp_path / "pred.json",
+        [
+            {"id": "t1", "turn_id": 1, "answer": "Ana"},
+            {"id": "t1", "turn_id": 2, "answer": "yesterday"},
+            {"id": "s2", "turn_id": 1, "answer": "blue"},
+        ],
+    )
+    result = main(["coqa", str(data), str(predictions)])
+    capsys.readouterr()
+    assert result["tryocoqa"] == {"em": 50.0, "f1": 50.0, "turns": 2}
+    assert result["out_domain"] == {"em": 100.0, "f1": 100.0, "turns": 1}
+    assert result["in_domain"]["turns"] == 0
+    assert result["overall"] == {"em": 66.7, "f1": 66.7, "turns": 3}  # counted in the overall figure
 
 
 def test_gold_predictions_score_100_on_smoke_dev_files(tmp_path):

@@ -52,12 +52,27 @@ def test_card_shows_the_run_numbers():
     card = render_card({**card_fields(results, "me/cqa", smoke=False), "variant": "ONNX"})
     assert not PLACEHOLDER.search(card)
     assert "| stage 1 (SQuAD 2.0 + CoQA validation) | 74.29 | 61.50 |" in card
-    assert "| stage 2 (TryoCoQA validation, 15%) | 54.77 | n/a |" in card
+    assert "| stage 2 (TryoCoQA validation, 15% of the conversations, split seed 42) | 54.77 | n/a |" in card
     assert "| best step | 1200 | 830 |" in card and "| training time | 90.0 min | 10.0 min |" in card
     assert "4.2e-07" in card and "8, 40" in card and "80%" in card and "0.973" in card
     assert "# me/cqa (ONNX)" in card and "me/cqa-onnx" in card
     assert "Smoke-test model" not in card
     assert "Smoke-test model" in render_card(card_fields({}, None, smoke=True))
+
+
+def test_examples_per_step_count_every_process(tmp_path):
+    """Stage 1 on 2 GPUs: 4 per device x 4 accumulated x 2 processes = 32 per optimizer step, on the card."""
+    from training.pipeline import stage_result
+
+    stage = tmp_path / "stage1"
+    stage.mkdir()
+    (stage / "results.json").write_text(json.dumps({"f1": 70.0, "world_size": 2, "examples_per_step": 32}))
+    result = stage_result(1, REPO / "training" / "recipes" / "stage1.yaml", tmp_path, None)
+    assert result["batch_size"] == 32
+    card = render_card(card_fields({"stages": [result]}, "me/cqa", smoke=False))
+    assert "| batch size (examples per optimizer step, all GPUs) | 32 |" in card
+    (stage / "results.json").write_text(json.dumps({"f1": 70.0}))  # an older run: its processes unknown
+    assert stage_result(1, REPO / "training" / "recipes" / "stage1.yaml", tmp_path, None)["batch_size"] == 16
 
 
 def test_upload_plan_offline(tmp_path):

@@ -24,7 +24,10 @@ counting from 1 like CoQA's turn_id.
 Splits: a SQuAD or CoQA file IS a split (train-v2.0.json, dev-v2.0.json...), so ``split`` only picks
 the Hub split when no file is given. TryoCoQA has one file of 15 conversations: it is split 85% train /
 15% validation BY CONVERSATION (all turns of a conversation stay on one side; with 15 conversations
-that is 13 / 2), by a shuffle seeded with ``seed``, so the split is the same on every machine.
+that is 13 / 2), by a shuffle seeded with ``split_seed`` (``TRYOCOQA_SPLIT_SEED``, 42), so the split is
+the same on every machine. That seed is not the training seed: a seed sweep keeps one validation set.
+``training.train`` records the validation conversation ids in each stage's results.json, and
+``training.evaluate`` reads them back (``validation_ids``) to score exactly those conversations.
 Without a file, TryoCoQA is downloaded once from GitHub into ``~/.cache/blogpost-cqa/`` (override
 with the BLOGPOST_CQA_CACHE environment variable).
 """
@@ -54,6 +57,7 @@ SPLITS = ("train", "validation")
 HUB_DATASETS = {"squad_v2": "rajpurkar/squad_v2", "coqa": "stanfordnlp/coqa"}
 TRYOCOQA_URL = "https://raw.githubusercontent.com/tryolabs/TryoCoQA/main/tryocoqa_v1.json"
 TRYOCOQA_VALIDATION_FRACTION = 0.15
+TRYOCOQA_SPLIT_SEED = 42  # the split's own seed (never the training seed)
 COQA_UNKNOWN = "unknown"
 
 
@@ -242,17 +246,43 @@ def coqa_hub_examples(
 def split_conversations(
     conversations: Sequence[Mapping],
     split: str,
-    seed: int = 42,
+    seed: int = TRYOCOQA_SPLIT_SEED,
     validation_fraction: float = TRYOCOQA_VALIDATION_FRACTION,
+    validation_ids: Sequence[str] | None = None,
 ) -> list[Mapping]:
-    """The conversations of one split: a seeded shuffle, then the first ~15% go to validation."""
+    """The conversations of one split: a seeded shuffle, then the first ~15% go to validation.
+
+    ``validation_ids``: the validation conversations as recorded by an earlier run (results.json's
+    ``split``); the seed is then not used. An id the file does not have is an error.
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if validation_ids is not None:
+        ids = [str(c["conversation_id"]) for c in conversations]
+        unknown = sorted(set(map(str, validation_ids)) - set(ids))
+        if unknown:
+            raise DataFormatError(
+                f"the recorded validation conversations {unknown} are not in this TryoCoQA file: "
+                "is it the file the model was trained on?"
+            )
+        wanted = set(map(str, validation_ids))
+        in_validation = [i in wanted for i in ids]
+        return [c for c, v in zip(conversations, in_validation, strict=True) if v == (split == "validation")]
     order = list(range(len(conversations)))
     random.Random(seed).shuffle(order)
     n_validation = max(1, round(len(order) * validation_fraction)) if len(order) > 1 else 0
     chosen = order[:n_validation] if split == "validation" else order[n_validation:]
     return [conversations[i] for i in sorted(chosen)]  # keep file order within a split
+
+
+def tryocoqa_validation_ids(
+    file: str | Path | None = None, split_seed: int = TRYOCOQA_SPLIT_SEED
+) -> list[str]:
+    """The conversation ids of TryoCoQA's validation split (what results.json records)."""
+    path = Path(file) if file is not None else download_tryocoqa()
+    conversations = read_json(path)
+    _check_conversation_ids(conversations, str(path))
+    return [str(c["conversation_id"]) for c in split_conversations(conversations, "validation", split_seed)]
 
 
 def tryocoqa_examples(
@@ -344,10 +374,13 @@ def load_examples(
     *,
     no_answer: str = NO_ANSWER,
     turns: int = DEFAULT_TURNS,
-    seed: int = 42,
+    split_seed: int = TRYOCOQA_SPLIT_SEED,
+    validation_ids: Sequence[str] | None = None,
 ) -> list[dict]:
     """Examples ({id, input, target, answers}) of ``dataset`` from its official ``file``, or from
-    its home (the Hub; GitHub for TryoCoQA) when no file is given. See the module docstring."""
+    its home (the Hub; GitHub for TryoCoQA) when no file is given. See the module docstring.
+
+    ``split_seed`` and ``validation_ids`` (a recorded split) choose TryoCoQA's split only."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     if split not in SPLITS:
@@ -358,7 +391,7 @@ def load_examples(
         path = Path(file) if file is not None else download_tryocoqa()
         conversations = read_json(path)
         _check_conversation_ids(conversations, str(path))
-        chosen = split_conversations(conversations, split, seed)
+        chosen = split_conversations(conversations, split, split_seed, validation_ids=validation_ids)
         examples = tryocoqa_examples(chosen, source=str(path), **options)
     elif file is not None:
         content = read_json(file)
@@ -575,7 +608,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-answer", default=NO_ANSWER, help=f"target for unanswerable (default {NO_ANSWER!r})"
     )
     prepare.add_argument("--turns", type=int, default=DEFAULT_TURNS, help="previous QA pairs in the input")
-    prepare.add_argument("--seed", type=int, default=42, help="TryoCoQA train/validation split seed")
+    prepare.add_argument(
+        "--split-seed",
+        type=int,
+        default=TRYOCOQA_SPLIT_SEED,
+        help=f"TryoCoQA train/validation split seed (default {TRYOCOQA_SPLIT_SEED})",
+    )
     smoke = commands.add_parser("smoke", help="write the tiny built-in datasets")
     smoke.add_argument("out_dir")
     args = parser.parse_args(argv)
@@ -587,7 +625,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         examples = load_examples(
-            args.dataset, args.file, args.split, no_answer=args.no_answer, turns=args.turns, seed=args.seed
+            args.dataset,
+            args.file,
+            args.split,
+            no_answer=args.no_answer,
+            turns=args.turns,
+            split_seed=args.split_seed,
         )
     except (DataFormatError, DataUnavailableError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,11 +8,17 @@
 Writes OUT/predictions.jsonl (id, prediction, answers, f1, exact) and OUT/metrics.json (exact, f1 in
 percent, the number of examples, timings). Decoding is greedy, as in the app; inputs longer than
 --max-input-length lose the end of their context (cqa.format.fit_model_input, the app's rule).
-The F1/exact here are training.metrics.score (max over gold answers). For SQuAD 2.0 and CoQA it also
+The F1/exact here are training.metrics.score, the figure training selects by (SQuAD 2.0 rules: max over
+gold answers, the no-answer text scored as the official empty answer). For SQuAD 2.0 and CoQA it also
 writes OUT/official_predictions.json in the official scorer's format (the no-answer text mapped back to
 "" / "unknown") and logs the command that scores it:
 
     python -m training.metrics squad_v2 dev-v2.0.json eval/squad/official_predictions.json
+
+TryoCoQA is one file split by conversation: the split a model was trained with is read from the
+results.json beside the model (OUT/stageN/results.json for OUT/stageN/best; a pipeline's OUT/results.json
+for OUT/model or OUT/onnx), so the validation conversations are the ones it never trained on. Without
+one, the fixed split seed (--split-seed, default 42) decides, as in training.
 """
 
 from __future__ import annotations
@@ -104,7 +110,7 @@ def evaluate_model(
     "predictions": [{"id", "prediction", "answers", "exact", "f1"}]}; with ``out``, also writes
     OUT/predictions.jsonl and OUT/metrics.json (the same without the predictions).
     """
-    from training.metrics import compute_exact, compute_f1, score
+    from training.metrics import answer_scores, score
 
     if quantized and not onnx:
         raise ValueError("--quantized applies to an ONNX export: add --onnx")
@@ -135,8 +141,7 @@ def evaluate_model(
             "id": example["id"],
             "prediction": prediction,
             "answers": golds,
-            "exact": max(compute_exact(g, prediction) for g in golds or [""]),
-            "f1": max(compute_f1(g, prediction) for g in golds or [""]),
+            **answer_scores(prediction, golds),
         }
         for example, prediction, golds in zip(examples, predictions, references, strict=True)
     ]
@@ -192,6 +197,24 @@ def write_official_predictions(
     return path
 
 
+def recorded_split(model: str | Path) -> tuple[dict, Path] | None:
+    """The train/validation split a model was trained with ({"seed", "validation_ids"}) and the
+    results.json it was read from: the stage's (beside OUT/stageN/best) or a pipeline's (its last
+    stage). None when there is no such file (a Hub id, a model copied elsewhere)."""
+    for candidate in (Path(model).parent / "results.json", Path(model).parent.parent / "results.json"):
+        if not candidate.is_file():
+            continue
+        try:
+            results = json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        stages = results.get("stages") or [results]
+        split = stages[-1].get("split") if isinstance(stages[-1], dict) else None
+        if isinstance(split, dict) and split.get("validation_ids"):
+            return split, candidate
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m training.evaluate",
@@ -212,7 +235,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, help="score only the first N examples")
     parser.add_argument("--turns", type=int, default=2, help="previous Q/A pairs in each input")
     parser.add_argument("--no-answer", default=NO_ANSWER, help="the model's answer to unanswerable questions")
-    parser.add_argument("--seed", type=int, default=42, help="the seed of TryoCoQA's train/validation split")
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=None,
+        help="TryoCoQA's train/validation split seed (default: the split recorded in the results.json "
+        "beside the model, else 42)",
+    )
     parser.add_argument(
         "--out",
         required=True,
@@ -224,11 +253,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error("--quantized needs --onnx")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
-    from training.data import load_examples
+    from training.data import TRYOCOQA_SPLIT_SEED, load_examples
 
+    split_seed, validation_ids = args.split_seed, None
+    recorded = recorded_split(args.model) if args.dataset == "tryocoqa" and split_seed is None else None
+    if recorded:
+        (split, where), validation_ids = recorded, recorded[0]["validation_ids"]
+        logger.info(
+            "TryoCoQA split recorded in %s (seed %s): validation conversations %s",
+            where,
+            split.get("seed"),
+            validation_ids,
+        )
     try:
         examples = load_examples(
-            args.dataset, args.file, args.split, no_answer=args.no_answer, turns=args.turns, seed=args.seed
+            args.dataset,
+            args.file,
+            args.split,
+            no_answer=args.no_answer,
+            turns=args.turns,
+            split_seed=TRYOCOQA_SPLIT_SEED if split_seed is None else split_seed,
+            validation_ids=validation_ids,
         )
         if args.limit:
             examples = examples[: args.limit]

@@ -4,7 +4,12 @@
     python -m training.metrics coqa coqa-dev-v1.0.json predictions.json  # [{"id", "turn_id", "answer"}]
 
 Both print JSON with the official script's keys. ``score`` is the same arithmetic for in-training
-evaluation (max over the gold answers, as in SQuAD).
+evaluation (SQuAD 2.0's: max over the gold answers), with the model's no-answer text mapped to the
+official empty answer first, on both sides: a prediction that only resembles it ("I can't answer")
+scores 0 against a no-answer gold, as in the official scripts, not a partial token F1.
+
+``coqa`` also scores CoQA-format files whose stories have other sources (e.g. TryoCoQA converted to
+CoQA's schema): each such source gets its own figure, counted in ``overall``.
 
 Answer normalization (both official scripts): lower-case, drop punctuation, drop the articles
 a/an/the, collapse white space. An empty gold answer means "no answer": an empty prediction scores 1
@@ -73,8 +78,28 @@ def compute_f1(gold: str, prediction: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def score(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Mean exact match and F1 in percent, each the max over the item's gold answers.
+def as_empty_if_no_answer(text: str, no_answer: str | None = NO_ANSWER) -> str:
+    """ "" (the official "no answer") for the model's no-answer text, compared normalized; else ``text``."""
+    if no_answer is not None and normalize_answer(text) == normalize_answer(no_answer):
+        return ""
+    return text
+
+
+def answer_scores(prediction: str, golds: Sequence[str], no_answer: str | None = NO_ANSWER) -> dict:
+    """Exact match (0/1) and F1 (0-1) of one prediction: the max over ``golds`` (none: "" only), the
+    no-answer text counted as "" on both sides (``no_answer=None``: compared as plain text)."""
+    prediction = as_empty_if_no_answer(prediction, no_answer)
+    golds = [as_empty_if_no_answer(gold, no_answer) for gold in golds] or [""]
+    return {
+        "exact": max(compute_exact(gold, prediction) for gold in golds),
+        "f1": max(compute_f1(gold, prediction) for gold in golds),
+    }
+
+
+def score(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], no_answer: str | None = NO_ANSWER
+) -> dict[str, float]:
+    """Mean exact match and F1 in percent, each the max over the item's gold answers (answer_scores).
 
     An item with no gold answers is scored against "" (SQuAD's rule for unanswerable questions).
     """
@@ -82,12 +107,11 @@ def score(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> di
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if not predictions:
         return {"exact": 0.0, "f1": 0.0}
-    exact = f1 = 0.0
-    for prediction, golds in zip(predictions, references, strict=True):
-        golds = list(golds) or [""]
-        exact += max(compute_exact(gold, prediction) for gold in golds)
-        f1 += max(compute_f1(gold, prediction) for gold in golds)
-    return {"exact": 100.0 * exact / len(predictions), "f1": 100.0 * f1 / len(predictions)}
+    scores = [answer_scores(p, golds, no_answer) for p, golds in zip(predictions, references, strict=True)]
+    return {
+        "exact": 100.0 * sum(s["exact"] for s in scores) / len(scores),
+        "f1": 100.0 * sum(s["f1"] for s in scores) / len(scores),
+    }
 
 
 def to_official_answer(text: str, dataset: str, no_answer: str = NO_ANSWER) -> str:
@@ -199,7 +223,10 @@ def coqa_gold_answers(dataset: Sequence[Mapping]) -> tuple[dict[tuple[str, int],
 
 def coqa_evaluate(dataset: Sequence[Mapping], predictions: Sequence[Mapping]) -> dict[str, dict]:
     """The official CoQA evaluation: em/f1 (percent, one decimal) and turn counts per source,
-    in-domain, out-of-domain and overall. ``predictions``: [{"id", "turn_id", "answer"}]."""
+    in-domain, out-of-domain and overall. ``predictions``: [{"id", "turn_id", "answer"}].
+
+    A source that is not one of CoQA's (a CoQA-format file of other data, e.g. TryoCoQA) is scored
+    under its own name and counted in ``overall`` (neither in- nor out-of-domain)."""
     golds, sources = coqa_gold_answers(dataset)
     predicted = {(p["id"], p["turn_id"]): p["answer"] for p in predictions}
     names = {**COQA_IN_DOMAIN, **COQA_OUT_DOMAIN}
@@ -208,11 +235,9 @@ def coqa_evaluate(dataset: Sequence[Mapping], predictions: Sequence[Mapping]) ->
     for (story_id, turn_id), gold in golds.items():
         source = sources[story_id]
         name = names.get(source, source)  # accept reporting names as sources too
-        if name not in totals:
-            raise ValueError(
-                f"story {story_id}: unknown CoQA source {source!r}; expected one of {sorted(names)}"
-            )
-        totals[name]["turns"] += 1
+        if name in ("in_domain", "out_domain", "overall"):
+            raise ValueError(f"story {story_id}: source {source!r} is the name of a summary figure")
+        totals.setdefault(name, collections.Counter())["turns"] += 1
         if (story_id, turn_id) not in predicted:
             missing += 1
             continue
@@ -233,9 +258,10 @@ def coqa_evaluate(dataset: Sequence[Mapping], predictions: Sequence[Mapping]) ->
     result = {name: summary([counter]) for name, counter in totals.items()}
     in_domain = [totals[name] for name in COQA_IN_DOMAIN.values()]
     out_domain = [totals[name] for name in COQA_OUT_DOMAIN.values()]
+    other = [counter for name, counter in totals.items() if name not in names.values()]
     result["in_domain"] = summary(in_domain)
     result["out_domain"] = summary(out_domain)
-    result["overall"] = summary(in_domain + out_domain)
+    result["overall"] = summary(in_domain + out_domain + other)
     return result
 
 

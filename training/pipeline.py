@@ -83,15 +83,22 @@ def stage_result(number: int, recipe_path: Path, out: Path, start_model: str | N
     (read from OUT/stageN/results.json, so stages trained elsewhere, e.g. with accelerate launch, count)."""
     recipe = _stage_recipe(number, recipe_path, out, start_model)
     result = json.loads((out / f"stage{number}" / "results.json").read_text())
-    return {"name": f"stage{number}", "recipe": str(recipe_path), **_recipe_summary(recipe), **result}
+    summary = _recipe_summary(recipe, result.get("world_size"))
+    return {"name": f"stage{number}", "recipe": str(recipe_path), **summary, **result}
 
 
-def _recipe_summary(recipe) -> dict:
+def _recipe_summary(recipe, processes: int | None = None) -> dict:
+    """The recipe's settings the card shows; batch_size is the examples per optimizer step, counting
+    every process the stage ran on (results.json's world_size; 1 when it does not say)."""
+    from training.train import examples_per_optimizer_step
+
     return {
         "model": recipe.model,
         "data": " + ".join(spec.name for spec in recipe.train_datasets),
         "learning_rate": recipe.learning_rate,
-        "batch_size": recipe.per_device_train_batch_size * recipe.gradient_accumulation_steps,
+        "batch_size": examples_per_optimizer_step(
+            recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps, processes or 1
+        ),
         "max_input_tokens": recipe.max_input_length,
         "num_train_epochs": recipe.num_train_epochs,
     }
@@ -197,7 +204,7 @@ def card_fields(results: dict, repo_id: str | None, smoke: bool) -> dict:
                 f"{key}_data": stage.get("data"),
                 f"{key}_epochs": _fmt(stage.get("epochs"), 1),
                 f"{key}_learning_rate": stage.get("learning_rate"),
-                f"{key}_batch_size": stage.get("batch_size"),
+                f"{key}_batch_size": stage.get("examples_per_step", stage.get("batch_size")),
                 f"{key}_max_input_tokens": stage.get("max_input_tokens"),
                 f"{key}_best_step": stage.get("best_step"),
                 f"{key}_time": f"{stage['seconds'] / 60:.1f} min" if stage.get("seconds") else None,

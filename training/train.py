@@ -94,8 +94,13 @@ class Recipe:
     per_device_eval_batch_size: int = 1
     # examples per optimizer step = per_device_train_batch_size x gradient_accumulation_steps x GPUs
     gradient_accumulation_steps: int = 1
-    bf16: bool = False  # bfloat16 mixed precision; ignored (with a log line) without a bf16 GPU
+    # bfloat16 mixed precision; ignored (with a log line) without a GPU of compute capability >= 8.0
+    # (Ampere or newer: V100 and T4 only emulate bf16, slowly, so they train in fp32)
+    bf16: bool = False
     gradient_checkpointing: bool = False  # recompute activations in backward: much less memory, ~30% slower
+    # batches of similar input lengths (less padding when short and long examples are mixed, as SQuAD
+    # paragraphs and CoQA stories are); the order stays random from one group to the next
+    group_by_length: bool = False
     # --- evaluation and checkpoints ---
     eval_steps: int | None = None  # None: evaluate and save at the end of every epoch
     save_total_limit: int | None = 2  # checkpoints kept on disk; the best one is always kept
@@ -104,7 +109,10 @@ class Recipe:
     resume_from_checkpoint: bool | str | None = None
     overwrite_output_dir: bool = False  # delete old checkpoints in output_dir instead of refusing
     # --- reproducibility and logs ---
-    seed: int = 42
+    seed: int = 42  # initialisation, shuffling, dropout: a seed sweep changes only this
+    # The seed of TryoCoQA's 85/15 split by conversation, on purpose NOT `seed`: every run of a sweep
+    # is scored on the same validation conversations. Recorded in results.json ("split").
+    split_seed: int = 42
     logging_steps: int = 10
     dataloader_num_workers: int = 0
     report_to: str = "none"  # tensorboard, wandb, ... (must be installed)
@@ -221,6 +229,37 @@ def add_dialogue_tokens(tokenizer) -> int:
     return added
 
 
+def tie_shared_embeddings(model) -> int:
+    """Make the encoder's and decoder's ``embed_tokens`` the model's ``shared`` matrix again.
+
+    T5 models embed with one matrix, ``shared``. A checkpoint that stores it three times (DeepSpeed's
+    ``save_model`` does) loads as three separate matrices: ~25M parameters more for LongT5-base, which
+    train apart, and ``shared`` itself is then unused, which DDP with ``find_unused_parameters=False``
+    rejects ("Expected to have finished reduction in the prior iteration"). Returns how many were
+    re-tied; a copy that differs from ``shared`` is replaced all the same, with a warning.
+    """
+    import torch
+
+    shared = model.get_input_embeddings()
+    retied = 0
+    for name in ("encoder", "decoder"):
+        stack = getattr(model, name)
+        embed = stack.embed_tokens
+        if embed is shared or embed.weight is shared.weight:
+            continue
+        if embed.weight.shape != shared.weight.shape or not torch.equal(embed.weight, shared.weight):
+            logger.warning(
+                "%s.embed_tokens differs from shared (the checkpoint was not saved from one tied "
+                "model): using shared for both",
+                name,
+            )
+        stack.set_input_embeddings(shared)
+        retied += 1
+    if retied:
+        logger.info("re-tied %d embedding matrices to shared (the checkpoint stored them apart)", retied)
+    return retied
+
+
 def load_model_and_tokenizer(model_name: str, tokenizer_name: str | None = None):
     """The checkpoint and its tokenizer, with the dialogue tokens and room for them in the embeddings."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -230,6 +269,7 @@ def load_model_and_tokenizer(model_name: str, tokenizer_name: str | None = None)
         raise ValueError(f"{tokenizer_name or model_name}: a fast tokenizer (tokenizer.json) is needed")
     added = add_dialogue_tokens(tokenizer)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_name)
+    tie_shared_embeddings(model)
     rows = model.get_input_embeddings().num_embeddings
     if rows < len(tokenizer):  # never shrink: the base model already pads to 32,128 rows
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=EMBEDDING_MULTIPLE)
@@ -278,7 +318,12 @@ def load_dataset_examples(spec: DatasetSpec, recipe: Recipe) -> list[dict]:
         from training.data import load_examples
 
         examples = load_examples(
-            spec.name, spec.file, spec.split, no_answer=recipe.no_answer, turns=recipe.turns, seed=recipe.seed
+            spec.name,
+            spec.file,
+            spec.split,
+            no_answer=recipe.no_answer,
+            turns=recipe.turns,
+            split_seed=recipe.split_seed,
         )
     if spec.max_examples is not None:
         examples = examples[: spec.max_examples]
@@ -415,8 +460,9 @@ def decode(tokenizer, sequences) -> list[str]:
     return [text.strip() for text in texts]
 
 
-def make_compute_metrics(tokenizer, references: list[list[str]]):
-    """compute_metrics for the trainer: F1 and exact match of the generated answers, in percent."""
+def make_compute_metrics(tokenizer, references: list[list[str]], no_answer: str = NO_ANSWER):
+    """compute_metrics for the trainer: F1 and exact match of the generated answers, in percent
+    (``METRIC``: the no-answer text counts as the official empty answer)."""
     from training.metrics import score
 
     def compute_metrics(prediction) -> dict[str, float]:
@@ -424,12 +470,12 @@ def make_compute_metrics(tokenizer, references: list[list[str]]):
             prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         )
         texts = decode(tokenizer, generated)
-        # With several processes, Seq2SeqTrainer gathers (not gather_for_metrics) every process's full
-        # last batch, which Accelerate completes with examples from the start: the real predictions
-        # come first, in order, and the repeats after them.
+        # With several processes the trainer gathers with gather_for_metrics, which drops the examples
+        # Accelerate repeats to fill the last batch: one prediction per validation example, in order.
+        # Were there more (a gather that keeps the repeats), the real ones come first.
         if len(texts) < len(references):
             raise RuntimeError(f"{len(texts)} predictions for {len(references)} validation examples")
-        return score(texts[: len(references)], references)
+        return score(texts[: len(references)], references, no_answer=no_answer)
 
     return compute_metrics
 
@@ -484,7 +530,174 @@ def _epoch_log_callback():
     return EpochLogCallback()
 
 
+def _non_finite_loss_callback():
+    from transformers import TrainerCallback
+
+    class NonFiniteLossCallback(TrainerCallback):
+        """Stop with a clear message when the logged training loss is NaN or infinite.
+
+        LongT5 in bf16 can overflow (transformers issue #19322); every later step would be wasted and
+        the best checkpoint stays the last finite one. The log lines also carry ``grad_norm``, whose
+        growth usually comes first. Every process sees the same (averaged) loss, so all stop together.
+        """
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"the training loss is {loss} at step {state.global_step} (grad_norm "
+                    f"{(logs or {}).get('grad_norm')}): training diverged. With bf16, LongT5 can overflow "
+                    "(transformers issue #19322): resume from the last checkpoint with --resume --bf16 "
+                    "false, or lower the learning_rate"
+                )
+
+    return NonFiniteLossCallback()
+
+
+def _callback_state_guard(trainer, early_stopping_patience: int | None):
+    from transformers import EarlyStoppingCallback, TrainerCallback
+    from transformers.trainer_callback import ExportableState
+
+    class CallbackStateGuard(TrainerCallback):
+        """On --resume the trainer restores the state of the callbacks the checkpoint knew
+        (``restore_callback_states_from_checkpoint``: early stopping's patience counter). A callback
+        the checkpoint did not know (``--early_stopping_patience`` added at resume) starts fresh
+        instead of failing the first save (KeyError in ``stateful_callbacks``), and the recipe's
+        patience wins over the one stored in the checkpoint."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            for callback in trainer.callback_handler.callbacks:
+                if not isinstance(callback, ExportableState):
+                    continue
+                name = type(callback).__name__
+                if name not in state.stateful_callbacks:
+                    if state.global_step:
+                        logger.info("%s was not in the checkpoint: its state starts fresh", name)
+                    state.stateful_callbacks[name] = callback.state()
+                if isinstance(callback, EarlyStoppingCallback) and early_stopping_patience:
+                    callback.early_stopping_patience = early_stopping_patience
+                    if state.global_step:
+                        logger.info(
+                            "early stopping: %d of %d evaluations without a better F1 so far",
+                            callback.early_stopping_patience_counter,
+                            early_stopping_patience,
+                        )
+
+    return CallbackStateGuard()
+
+
+def examples_per_optimizer_step(per_device_batch_size: int, accumulation_steps: int, processes: int) -> int:
+    """The examples behind one optimizer step: every process contributes its accumulated batches."""
+    return per_device_batch_size * accumulation_steps * processes
+
+
+def checkpoint_disagreement(names: Sequence[str | None]) -> str | None:
+    """None when every process resumes from the same checkpoint (``names``: its name per rank, None for
+    none found); otherwise the message that says why and what to do."""
+    if len(set(names)) <= 1:
+        return None
+    seen = ", ".join(f"rank {rank}: {name or 'no checkpoint'}" for rank, name in enumerate(names))
+    return (
+        f"the processes disagree on the checkpoint to resume from ({seen}). Every machine must see the "
+        "same output_dir: put it on a shared file system (NFS, a mounted bucket) for multi-node runs, or "
+        "copy the checkpoint to the same path on every machine"
+    )
+
+
+def _check_same_checkpoint_everywhere(resume: str | bool | None) -> None:
+    """Refuse a resume where the ranks found different checkpoints (multi-node without a shared disk:
+    the other machines would silently start at step 0 while the main one resumes)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    mine = Path(resume).name if isinstance(resume, str) and Path(resume).is_dir() else None
+    names: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(names, mine)
+    problem = checkpoint_disagreement(names)
+    if problem:
+        raise ValueError(problem)
+
+
+def split_record(recipe: Recipe) -> dict:
+    """What results.json records of the train/validation split: the split seed and TryoCoQA's
+    validation conversation ids (empty for a stage without TryoCoQA: SQuAD and CoQA files are splits)."""
+    from training.data import tryocoqa_validation_ids
+
+    specs = [s for s in recipe.train_datasets + recipe.eval_datasets if s.name == "tryocoqa"]
+    ids: list[str] = []
+    for file in dict.fromkeys(spec.file for spec in specs):
+        ids += [i for i in tryocoqa_validation_ids(file, recipe.split_seed) if i not in ids]
+    return {"seed": recipe.split_seed, "validation_ids": ids}
+
+
+def save_best_model(trainer, best_dir: Path) -> None:
+    """Write the best checkpoint's model and tokenizer to ``best_dir``, in fp32.
+
+    load_best_model_at_end has put the best weights in the model. Under DeepSpeed with bf16 those are
+    bfloat16 copies; the fp32 master weights live in the ZeRO checkpoint, so they are read from there
+    (deepspeed.utils.zero_to_fp32) into an fp32 model of the same config, which also saves `shared`
+    once (DeepSpeed's own save writes the three embedding matrices apart).
+    """
+    checkpoint = trainer.state.best_model_checkpoint
+    if not trainer.is_deepspeed_enabled or checkpoint is None:
+        trainer.save_model(str(best_dir))
+        return
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        write_fp32_from_zero_checkpoint(trainer.accelerator.unwrap_model(trainer.model), checkpoint, best_dir)
+        trainer.processing_class.save_pretrained(str(best_dir))
+    trainer.accelerator.wait_for_everyone()
+
+
+def write_fp32_from_zero_checkpoint(model, checkpoint: str | Path, out: str | Path) -> None:
+    """The fp32 weights of a DeepSpeed ZeRO checkpoint, saved as a transformers model like ``model``."""
+    import copy
+
+    import torch
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint))
+    config = copy.deepcopy(model.config)
+    fp32 = type(model)(config).to(torch.float32)
+    tied = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"}
+    missing, unexpected = fp32.load_state_dict(state, strict=False)
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(
+            f"{checkpoint}: the ZeRO checkpoint does not match the model (missing "
+            f"{sorted(set(missing) - tied)}, unexpected {sorted(unexpected)})"
+        )
+    if "lm_head.weight" in missing and not config.tie_word_embeddings:
+        raise RuntimeError(f"{checkpoint}: the ZeRO checkpoint has no lm_head.weight")
+    tie_shared_embeddings(fp32)
+    fp32.generation_config = copy.deepcopy(model.generation_config)
+    fp32.save_pretrained(str(out))
+    logger.info("%s: fp32 weights from the ZeRO checkpoint %s", out, Path(checkpoint).name)
+
+
+# The figure that picks the best checkpoint, as results.json and the model card name it.
+METRIC = (
+    "token F1 and exact match in percent, SQuAD 2.0 rules: normalized answers, the max over the gold "
+    "answers, the no-answer text scored as the official empty answer"
+)
+
+
 # --- training ------------------------------------------------------------------------------------
+
+
+def bf16_supported(capability: tuple[int, int] | None) -> bool:
+    """Whether a GPU of this CUDA compute capability (None: no GPU) runs bfloat16 natively.
+
+    Ampere (8.0) and newer do. ``torch.cuda.is_bf16_supported()`` also says yes for V100 (7.0) and T4
+    (7.5), which only emulate it, much slower than fp32.
+    """
+    return capability is not None and tuple(capability) >= (8, 0)
+
+
+def _gpu_capability() -> tuple[int, int] | None:
+    import torch
+
+    return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
 
 
 def training_arguments(recipe: Recipe):
@@ -493,8 +706,12 @@ def training_arguments(recipe: Recipe):
     from transformers import Seq2SeqTrainingArguments
 
     bf16 = recipe.bf16
-    if bf16 and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
-        logger.warning("bf16 requested but there is no GPU with bfloat16 support: training in fp32")
+    if bf16 and not bf16_supported(_gpu_capability()):
+        logger.warning(
+            "bf16 requested but there is no GPU with native bfloat16 (compute capability 8.0 or newer; "
+            "found %s): training in fp32",
+            _gpu_capability() or "no GPU",
+        )
         bf16 = False
     strategy = "steps" if recipe.eval_steps else "epoch"
     return Seq2SeqTrainingArguments(
@@ -514,12 +731,15 @@ def training_arguments(recipe: Recipe):
         gradient_checkpointing=recipe.gradient_checkpointing,
         # non-reentrant checkpointing works with DDP and with frozen inputs
         gradient_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
+        group_by_length=recipe.group_by_length,
         eval_strategy=strategy,
         save_strategy=strategy,
         eval_steps=recipe.eval_steps,
         save_steps=recipe.eval_steps,
         save_total_limit=recipe.save_total_limit,
         load_best_model_at_end=True,
+        # --resume brings back the callbacks' state too (early stopping's patience counter)
+        restore_callback_states_from_checkpoint=True,
         metric_for_best_model="f1",
         greater_is_better=True,
         predict_with_generate=True,
@@ -625,6 +845,11 @@ def _train_stage(recipe: Recipe, callbacks: Sequence[typing.Any]) -> dict:
         from transformers.trainer_utils import get_last_checkpoint
 
         resume = get_last_checkpoint(recipe.output_dir) if Path(recipe.output_dir).is_dir() else None
+    if args.world_size > 1:
+        _check_same_checkpoint_everywhere(resume)
+    per_step = examples_per_optimizer_step(
+        args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size
+    )
 
     if args.should_log:
         Path(recipe.output_dir).mkdir(parents=True, exist_ok=True)
@@ -637,14 +862,14 @@ def _train_stage(recipe: Recipe, callbacks: Sequence[typing.Any]) -> dict:
             args.distributed_state.distributed_type,
             args.per_device_train_batch_size,
             args.gradient_accumulation_steps,
-            args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+            per_step,
             len(train_set),
             len(eval_set),
             args.bf16,
             args.gradient_checkpointing,
         )
 
-    extra = [_epoch_log_callback(), *callbacks]
+    extra = [_epoch_log_callback(), _non_finite_loss_callback(), *callbacks]
     if recipe.early_stopping_patience:
         extra.append(EarlyStoppingCallback(early_stopping_patience=recipe.early_stopping_patience))
     trainer = Seq2SeqTrainer(
@@ -656,13 +881,16 @@ def _train_stage(recipe: Recipe, callbacks: Sequence[typing.Any]) -> dict:
         data_collator=DataCollatorForSeq2Seq(
             tokenizer, model=model, pad_to_multiple_of=8 if args.bf16 else None
         ),
-        compute_metrics=make_compute_metrics(tokenizer, [e["answers"] for e in eval_examples]),
+        compute_metrics=make_compute_metrics(
+            tokenizer, [e["answers"] for e in eval_examples], recipe.no_answer
+        ),
         callbacks=extra,
     )
+    trainer.add_callback(_callback_state_guard(trainer, recipe.early_stopping_patience))
     trainer.train(resume_from_checkpoint=resume)
 
     best_dir = Path(recipe.output_dir) / "best"
-    trainer.save_model(str(best_dir))  # the best checkpoint's weights: load_best_model_at_end
+    save_best_model(trainer, best_dir)  # the best checkpoint's weights: load_best_model_at_end
     history = eval_history(trainer.state.log_history)
     best_checkpoint = trainer.state.best_model_checkpoint
     best_step = int(best_checkpoint.rsplit("-", 1)[1]) if best_checkpoint else trainer.state.global_step
@@ -673,9 +901,13 @@ def _train_stage(recipe: Recipe, callbacks: Sequence[typing.Any]) -> dict:
         "best_trainer_checkpoint": best_checkpoint,
         "f1": best["f1"],
         "exact": best["exact"],
+        "metric": METRIC,
         "epochs": trainer.state.epoch,
         "global_step": trainer.state.global_step,
         "seconds": time.perf_counter() - started,
+        "world_size": args.world_size,
+        "examples_per_step": per_step,
+        "split": split_record(recipe),
         "eval_history": history,
     }
     if trainer.is_world_process_zero():
@@ -739,7 +971,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(str(error))
     try:
         return train(recipe)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FloatingPointError) as error:
         raise SystemExit(f"error: {error}") from None
 
 
