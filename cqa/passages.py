@@ -21,7 +21,10 @@ DEFAULT_PARAGRAPH_MIN_CHARS = 100
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 # A sentence ends with . ! or ? (closing quotes/brackets may follow) before white space, or at a line
 # break (headings, list items). Abbreviations ("e.g. x") split too: harmless, passages hold several.
-_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*\s+|\s*\n\s*")
+# Linear time on hostile text: a run of marks is matched from its first mark only (look-behind) and never
+# given back (possessive), and a line break takes the white space after it, not before it (the spans are
+# trimmed anyway); "\s*\n" would rescan a run of spaces from each of its positions.
+_SENTENCE_END = re.compile(r"(?<![.!?])[.!?]++[\"'”’)\]]*+\s+|\n\s*")
 
 
 def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:

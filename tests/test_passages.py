@@ -2,6 +2,7 @@ import importlib.util
 import random
 import re
 import sys
+import time
 from itertools import pairwise
 
 import pytest
@@ -68,6 +69,17 @@ def test_a_text_without_sentence_ends_is_cut_at_spaces():
     assert len(spans) > 10 and all(e - s <= 100 for s, e in spans)
     assert " ".join(text[s:e] for s, e in spans) == text
     assert passage_spans("") == [] and passage_spans(" \n\n ") == []
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["a" + " " * 100_000 + "b", "." * 100_000, ".!?" * 30_000 + " x", " \n" * 50_000, '."' * 50_000],
+)
+def test_passages_of_hostile_text_take_linear_time(hostile):
+    start = time.perf_counter()
+    spans = passage_spans(hostile)
+    assert time.perf_counter() - start < 2  # quadratic regexes took minutes here
+    assert all(e - s <= 400 for s, e in spans)
 
 
 def test_bm25_ranks_the_passage_with_the_question_words_first():
