@@ -349,10 +349,24 @@ def build_app(
                 return now - self.last_read > not_listening_seconds
 
         def answer(key: str, stored: Conversation, prepared: Prepared, request: gr.Request) -> Iterator[dict]:
-            """Wait for the generation slot, stream the answer, then store the turn if the conversation
-            is still the one it belongs to (a clear or a new document made meanwhile wins)."""
+            """Wait for the generation slot, stream the answer, then store the turn. A clear or a new
+            document made meanwhile wins: the answer stops at its next token and is not kept (the page
+            then shows the conversation as it is; gradio_client sends no cancel, so this is the rule
+            for the API too)."""
             conversation = prepared.conversation
             watch = ClientWatch(request)
+
+            def not_kept(answer: Answer | None = None) -> dict:
+                message = (
+                    "The conversation was cleared or its document changed while this answer was being "
+                    "written, so it was not kept."
+                )
+                return {
+                    **shown(sessions.get(key)),
+                    notice: warning(message),
+                    details: details_of(prepared, answer, None, stored=False),
+                }
+
             try:
                 ticket = slot.ticket()
             except Busy as error:
@@ -370,6 +384,9 @@ def build_app(
                     if watch.gone():
                         log.info("a client stopped listening while waiting; its question is dropped")
                         return
+                    if sessions.get(key) is not stored:
+                        yield not_kept()
+                        return
                     ahead = ticket.ahead
                     yield {
                         notice: f"Waiting for the model: {ahead} question{'s' * (ahead != 1)} ahead of yours."
@@ -378,6 +395,9 @@ def build_app(
                 try:
                     final = None
                     for final in chat_rules.stream(prepared):
+                        if sessions.get(key) is not stored:
+                            yield not_kept(final)
+                            return
                         pending = messages(
                             conversation.document, conversation.turns, prepared.question, final.text
                         )
@@ -394,7 +414,6 @@ def build_app(
                     yield {**shown(sessions.get(key)), question: prepared.question, notice: warning(failure)}
                     return
             new = chat_rules.finish(prepared, final)
-            turn = new.turns[-1]
             log.info(
                 "answered in %.2f s (encoder %.2f s): %d tokens in, %d out%s",
                 final.seconds,
@@ -403,24 +422,15 @@ def build_app(
                 final.output_tokens,
                 ", document cut to fit" if prepared.fitted.truncated else "",
             )
-            if not sessions.replace(key, stored, new):
-                current = sessions.get(key)
-                message = (
-                    "The conversation changed (cleared, or a new document) while this answer was being "
-                    f"written, so it was not kept. It was: “{final.text}”"
-                )
-                yield {
-                    **shown(current),
-                    notice: warning(message),
-                    details: details_of(prepared, final, turn, stored=False),
-                }
+            if not sessions.replace(key, stored, new):  # changed after the last token
+                yield not_kept(final)
                 return
             yield {
                 **shown(new),
                 **model_input_info(prepared),  # again: an API client reads the last update only
                 download: download_button(new, key),
                 notice: warning(prepared.fitted.notice) if prepared.fitted.truncated else "",
-                details: details_of(prepared, final, turn, stored=True),
+                details: details_of(prepared, final, new.turns[-1], stored=True),
             }
 
         def ask(question_text: str, request: gr.Request) -> Iterator[dict]:
@@ -535,19 +545,18 @@ def build_app(
             "trigger_mode": "multiple",
             "show_progress_on": [chatbot],
         }
-        chat_event = gr.on(
-            [question.submit, send.click], ask, [question], chat_outputs, api_name="chat", **generate
-        )
-        retry_event = retry_button.click(retry, None, chat_outputs, api_name="retry", **generate)
-        running = [chat_event, retry_event]  # the page stops streaming an answer that a clear makes stale
-        clear_button.click(clear, None, chat_outputs, api_name="clear", cancels=running)
+        gr.on([question.submit, send.click], ask, [question], chat_outputs, api_name="chat", **generate)
+        retry_button.click(retry, None, chat_outputs, api_name="retry", **generate)
+        # No `cancels=`: a cancelled stream can deliver one last stale update after the clear's; instead
+        # the answer notices the change at its next token, stops and shows the conversation as it is.
+        clear_button.click(clear, None, chat_outputs, api_name="clear")
         # The Chatbot's own trash icon must reset the server-side conversation too.
-        chatbot.clear(clear, None, chat_outputs, api_visibility="private", cancels=running)
-        use_pasted.click(use_text, [pasted], document_outputs, api_name="use_text", cancels=running)
-        upload.upload(use_file, [upload], document_outputs, api_name="use_file", cancels=running)
-        use_url_button.click(use_url, [url], document_outputs, api_name="use_url", cancels=running)
-        url.submit(use_url, [url], document_outputs, api_visibility="private", cancels=running)
-        use_default_button.click(use_default, None, document_outputs, api_name="use_default", cancels=running)
+        chatbot.clear(clear, None, chat_outputs, api_visibility="private")
+        use_pasted.click(use_text, [pasted], document_outputs, api_name="use_text")
+        upload.upload(use_file, [upload], document_outputs, api_name="use_file")
+        use_url_button.click(use_url, [url], document_outputs, api_name="use_url")
+        url.submit(use_url, [url], document_outputs, api_visibility="private")
+        use_default_button.click(use_default, None, document_outputs, api_name="use_default")
     demo.sessions = sessions  # for tests and monitoring: how many conversations are held
     return demo
 

@@ -182,6 +182,7 @@ class Sessions:
         self.capacity = capacity
         self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
+        self._last_sweep = 0.0
 
     def __len__(self) -> int:
         with self._lock:
@@ -204,7 +205,9 @@ class Sessions:
 
     def _session(self, key: str) -> _Session:
         now = time.monotonic()
-        self._expire(now)
+        if now - self._last_sweep > min(1.0, self.ttl_seconds) or len(self._sessions) >= self.capacity:
+            self._expire(now)  # a sweep per second at most: an answer checks its session at every token
+            self._last_sweep = now
         session = self._sessions.get(key)
         if session is None:
             session = self._sessions[key] = _Session(Conversation(self.default_document), now)
