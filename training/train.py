@@ -583,6 +583,16 @@ def _callback_state_guard(trainer, early_stopping_patience: int | None):
                             early_stopping_patience,
                         )
 
+        def on_train_end(self, args, state, control, **kwargs):
+            stopping = [c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)]
+            for callback in stopping if state.is_world_process_zero else []:
+                if callback.early_stopping_patience_counter >= callback.early_stopping_patience:
+                    logger.info(
+                        "stopped early at epoch %s: %d evaluations without a better F1",
+                        _epoch_text(state.epoch),
+                        callback.early_stopping_patience_counter,
+                    )
+
     return CallbackStateGuard()
 
 
