@@ -256,7 +256,7 @@ def build_app(
                 "The conversation restarts."
             )
             document_status = gr.HTML(elem_id="document-status", js_on_load=None)
-            upload = gr.File(label="Upload", file_types=list(SUPPORTED_SUFFIXES))
+            upload = gr.File(label="Upload", file_types=list(SUPPORTED_SUFFIXES), elem_id="upload")
             with gr.Row():
                 url = gr.Textbox(
                     label="Or a web page address", placeholder="https://…", scale=5, elem_id="url"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -269,3 +270,106 @@ def test_each_answer_says_where_it_comes_from_and_the_document_view_marks_it(pag
     page.get_by_text("Document (the last answer highlighted)").click()
     view = page.locator("#document-view").inner_text()
     assert view.startswith("How This Chatbot Works\n")  # the document as the model reads it, literally
+
+
+# --- Real documents: a PDF, a local web page, a 15k-token document ---
+
+
+@pytest.fixture(scope="module")
+def local_page_url():
+    """An article page on 127.0.0.1, with a menu and a footer around it."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = (
+        "<html><head><title>Kelp news</title></head><body><nav><a href='/'>Home</a> | Subscribe now</nav>"
+        "<article><h1>Kelp forests grow fast</h1>"
+        + "".join(
+            f"<p>Part {i}: giant kelp can grow half a metre in a single day in cold water.</p>"
+            for i in range(5)
+        )
+        + "</article><footer>Copyright Kelp News</footer></body></html>"
+    ).encode()
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/kelp"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_app_url(tiny_dir) -> str:
+    """The app as run on one's own machine: --allow-local-urls."""
+    generator = Seq2SeqGenerator.load(tiny_dir / "onnx", threads=1)
+    document = load_document_file(DEFAULT_DOCUMENT)
+    demo = build_app(generator, document, max_input_tokens=2048, max_new_tokens=8, allow_local_urls=True)
+    demo.queue(max_size=16)
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture
+def local_page(browser, local_app_url):
+    page = browser.new_page(viewport={"width": 1100, "height": 1000})
+    page.goto(local_app_url)
+    page.locator("#question textarea").wait_for()
+    page.get_by_text("Change the document").click()
+    yield page
+    page.close()
+
+
+def test_a_pdf_upload_is_read_page_by_page(local_page, tmp_path):
+    from fixtures.pdfs import text_pdf
+
+    pdf = tmp_path / "field notes.pdf"
+    pdf.write_bytes(
+        text_pdf(["Otters float on their backs.", "Beavers build dams of sticks."], "Field notes")
+    )
+    local_page.locator("#upload input[type=file]").set_input_files(str(pdf))
+    local_page.get_by_text("Now answering questions about").wait_for(timeout=30_000)
+    ask(local_page, "What do beavers build?", 0)
+    local_page.get_by_text("Document (the last answer highlighted)").click()
+    view = local_page.locator("#document-view").inner_text()
+    assert "Otters float on their backs." in view and "Beavers build dams of sticks." in view
+
+
+def test_a_web_page_by_its_address_keeps_the_article(local_page, local_page_url):
+    local_page.locator("#url textarea, #url input").first.fill(local_page_url)
+    local_page.get_by_text("Fetch the page").click()
+    local_page.get_by_text("Now answering questions about").wait_for(timeout=30_000)
+    assert "Kelp forests grow fast" in local_page.locator("#header").inner_text()
+    local_page.get_by_text("Document (the last answer highlighted)").click()
+    view = local_page.locator("#document-view").inner_text()
+    assert "giant kelp can grow half a metre" in view
+    assert "Subscribe now" not in view and "Copyright" not in view
+
+
+def test_a_15k_token_document_keeps_the_passages_related_to_the_question(local_page):
+    paragraphs = [
+        f"Section {i}. The harbour log for day {i} lists boats, tides and weather." for i in range(1100)
+    ]
+    paragraphs[900] = "Section 900. The lighthouse keeper was named Ingrid Solberg."
+    local_page.get_by_label("Or paste text").fill("Harbour log\n\n" + "\n\n".join(paragraphs))
+    local_page.get_by_text("Use the pasted text").click()
+    local_page.get_by_text("Now answering questions about").wait_for(timeout=30_000)
+    header = local_page.locator("#header").inner_text()
+    tokens = int(re.search(r"([\d,]+) tokens\)", header).group(1).replace(",", ""))
+    assert tokens > 15_000
+    ask(local_page, "Who was the lighthouse keeper?", 0)
+    notice = local_page.locator("#notice").inner_text()
+    assert "passages most related to your question" in notice
+    local_page.get_by_text("What the model sees").click()
+    kept = local_page.get_by_label("The parts of the document the model sees").input_value()
+    assert "The lighthouse keeper was named Ingrid Solberg." in kept
