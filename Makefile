@@ -1,16 +1,33 @@
 # Two commands do everything on a fresh machine:
 #   make run    set up the lean serving environment (.venv-app) and start the chat app
 #   make test   set up the full environment (.venv) and run ruff and the whole test suite
+# And, each one command on a fresh clone too:
+#   make demo        the app on a tiny random model built here (no Hub needed; random answers, for UI work)
+#   make fast-model  the published PyTorch checkpoint exported fast (fused attention, int8) to out/fast-int8
 # Options: make run ARGS="--model out/smoke/onnx --port 7861"; make test PYTEST_ARGS="-k format"
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test lint smoke bench clean
+.PHONY: run demo fast-model test lint smoke bench clean
 
 run: .venv-app/.installed
 	.venv-app/bin/python app.py $(ARGS)
+
+# The tiny model needs torch to be built, so the demo runs in the full environment (which has the
+# serving packages too); it is rebuilt when training/tiny.py changes.
+demo: out/demo/onnx/config.json
+	.venv/bin/python app.py --model out/demo/onnx $(ARGS)
+
+out/demo/onnx/config.json: .venv/.installed training/tiny.py
+	.venv/bin/python -m training.tiny out/demo
+
+# What cqa.hub.FAST_EXPORT_COMMAND says, in .venv (needs the Hub; the export's parity gate takes minutes).
+fast-model: .venv/.installed
+	.venv/bin/hf download tryolabs/long-t5-tglobal-base-blogpost-cqa --local-dir out/published
+	.venv/bin/python -m training.export out/published out/fast --quantize int8
+	@echo 'Serve it: make run ARGS="--model out/fast-int8", or push out/fast-int8 to the Hub and set MODEL_ID.'
 
 test: .venv/.installed
 	.venv/bin/ruff check .

@@ -11,6 +11,11 @@ merged decoder's cache branch) take those back as ``past_key_values.*`` inputs. 
 ONNX Runtime OrtValues from one step to the next, so nothing is copied through numpy except the
 logits row that greedy decoding reads.
 
+Each session is fed exactly the inputs it declares, in the dtypes it declares: the published export
+(optimum, December 2022) declares ``encoder_hidden_states`` in its with-past decoder too, today's
+optimum does not, and other exporters write int32 ids. ``fast_attention`` tells this project's fast
+export (training/export.py) from a stock one, whose ``speed_notice`` says how to make a fast copy.
+
 Greedy decoding here gives the same ids as transformers' ``generate(num_beams=1)`` (tests/test_generator.py
 checks it from 2 to 1100 input tokens, with and without ``min_new_tokens``).
 """
@@ -18,9 +23,11 @@ checks it from 2 to 1100 input tokens, with and without ``min_new_tokens``).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import platform
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +37,8 @@ import tokenizers
 
 from cqa.hub import (
     DEFAULT_MODEL_ID,
+    FAST_EXPORT_COMMAND,
+    FAST_EXPORT_FOLDER,
     ModelFiles,
     ModelLoadError,
     find_model_files,
@@ -37,7 +46,18 @@ from cqa.hub import (
     resolve_model_dir,
 )
 
-__all__ = ["DEFAULT_MODEL_ID", "Answer", "ModelLoadError", "Seq2SeqGenerator", "default_threads"]
+__all__ = [
+    "DEFAULT_MODEL_ID",
+    "FAST_EXPORT_COMMAND",
+    "Answer",
+    "ModelLoadError",
+    "Seq2SeqGenerator",
+    "cpu_features",
+    "cpu_summary",
+    "default_threads",
+]
+
+log = logging.getLogger(__name__)
 
 _NUMPY_DTYPES = {
     "tensor(int64)": np.int64,
@@ -80,6 +100,39 @@ def default_threads() -> int:
     return max(1, count)
 
 
+# The CPU flags that decide ONNX Runtime's kernels: VNNI and AMX run int8 GEMMs at about twice the AVX2 rate
+# (bench/NOTES.md measured both kinds of machine), bf16 is for later. A Space does not say which CPU it got.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+
+
+def cpu_features(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict[str, bool]:
+    """{flag: present} for CPU_FLAGS, from Linux's /proc/cpuinfo; all False where it cannot be read."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):  # one line per core, all alike: the first is enough
+            flags = set(line.partition(":")[2].split())
+            break
+    return {flag: flag in flags for flag in CPU_FLAGS}
+
+
+def cpu_summary(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """One line for logs and the page, e.g. ``x86_64, 2 cores, avx2 avx512_vnni (no avx512_bf16 amx)``."""
+    features = cpu_features(cpuinfo)
+    have = [flag for flag, present in features.items() if present]
+    lack = [flag for flag, present in features.items() if not present]
+    if not any(features.values()) and not Path(cpuinfo).is_file():
+        flags = "CPU flags unknown (no /proc/cpuinfo)"
+    else:
+        flags = " ".join(have) or "none of " + " ".join(CPU_FLAGS)
+        if have and lack:
+            flags += f" (no {' '.join(lack)})"
+    return f"{platform.machine() or 'unknown machine'}, {default_threads()} core(s) usable, {flags}"
+
+
 def session_options(threads: int) -> ort.SessionOptions:
     """The options of every session: the one place to tune ONNX Runtime for CPU serving."""
     options = ort.SessionOptions()
@@ -102,6 +155,57 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"{path} is not valid JSON ({error}); re-export the model.") from error
+
+
+# What this runtime can feed, by input name (past_key_values.* come from the previous step).
+ENCODER_INPUTS = frozenset({"input_ids", "attention_mask"})
+DECODER_INPUTS = frozenset({"input_ids", "encoder_attention_mask", "encoder_hidden_states"})
+
+
+def _declared_inputs(
+    session: ort.InferenceSession, path: Path, known: Collection[str], pasts: bool = False
+) -> dict[str, str]:
+    """{input name: ONNX type, e.g. "tensor(int64)"} of a session, or a ModelLoadError when it declares an
+    input this runtime cannot feed (``known``, and ``past_key_values.*`` with ``pasts``) or no input_ids."""
+    declared = {i.name: i.type for i in session.get_inputs()}
+    unknown = [
+        name for name in declared if name not in known and not (pasts and name.startswith("past_key_values."))
+    ]
+    if unknown:
+        problem = f"declares inputs this runtime cannot feed ({', '.join(unknown)})"
+    elif "input_ids" not in declared:
+        problem = "has no input_ids input"
+    else:
+        return declared
+    raise ModelLoadError(
+        f"{path} {problem}; its inputs are {', '.join(declared)}. It is not an encoder-decoder export "
+        "in optimum's layout; export the model again with `python -m training.export`."
+    )
+
+
+def _check_outputs(session: ort.InferenceSession, path: Path, needed: list[str]) -> None:
+    missing = [name for name in needed if name not in {o.name for o in session.get_outputs()}]
+    if missing:
+        raise ModelLoadError(
+            f"{path} lacks the outputs {', '.join(missing)} that the next decoding step needs; export the "
+            "model again with `python -m training.export`."
+        )
+
+
+def _feed(declared: dict[str, str], values: dict[str, ort.OrtValue | np.ndarray]) -> dict[str, ort.OrtValue]:
+    """The inputs one session declares, each in the dtype it declares (ids and masks may be int32 in one
+    session and int64 in another; a matching array is shared, not copied)."""
+    feed = {}
+    for name, onnx_type in declared.items():
+        value = values[name]
+        dtype = _NUMPY_DTYPES.get(onnx_type)
+        if isinstance(value, ort.OrtValue):
+            if dtype is None or value.data_type() == onnx_type:
+                feed[name] = value
+                continue
+            value = value.numpy()
+        feed[name] = _ort_value(value if dtype is None or value.dtype == dtype else value.astype(dtype))
+    return feed
 
 
 class Seq2SeqGenerator:
@@ -132,6 +236,8 @@ class Seq2SeqGenerator:
         self.min_encoder_tokens = min_encoder_tokens
         self.merged = files.merged
 
+        self.fast_attention = files.fast_attention  # False for a stock export, such as the published one
+
         options = session_options(threads)
         self.encoder = self._session(files.encoder, options)
         self.decoder = self._session(files.decoder, options)
@@ -140,25 +246,31 @@ class Seq2SeqGenerator:
             self.decoder if files.merged else self._session(files.decoder_with_past, options)
         )
 
-        # Input and output names come from the sessions: no layer count is hard-coded.
-        encoder_inputs = {i.name: i for i in self.encoder.get_inputs()}
-        self._ids_dtype = _NUMPY_DTYPES.get(encoder_inputs["input_ids"].type, np.int64)
-        self._mask_dtype = _NUMPY_DTYPES.get(encoder_inputs["attention_mask"].type, np.int64)
+        # Every name and dtype comes from the sessions, and each run is fed exactly the inputs its session
+        # declares: exporters differ (the December 2022 optimum's with-past decoder also declares
+        # encoder_hidden_states, which today's does not; ids may be int32), and no layer count is fixed.
+        self._encoder_inputs = _declared_inputs(self.encoder, files.encoder, ENCODER_INPUTS)
         self._encoder_output = self.encoder.get_outputs()[0].name  # last_hidden_state
-        past_inputs = [
-            i for i in self.decoder_with_past.get_inputs() if i.name.startswith("past_key_values.")
-        ]
-        self._past_names = [i.name for i in past_inputs]
+        step_inputs = DECODER_INPUTS | ({"use_cache_branch"} if files.merged else set())
+        self._decoder_inputs = _declared_inputs(self.decoder, files.decoder, step_inputs, pasts=files.merged)
+        with_past_file = files.decoder if files.merged else files.decoder_with_past
+        self._with_past_inputs = _declared_inputs(
+            self.decoder_with_past, with_past_file, step_inputs, pasts=True
+        )
+        self._past_names = [name for name in self._with_past_inputs if name.startswith("past_key_values.")]
         # Only the self-attention ("decoder") cache changes after the first step; the cross-attention
         # ("encoder") keys/values of the first step are reused as they are.
         self._self_attention_pasts = [name for name in self._past_names if ".encoder." not in name]
         self._first_outputs = ["logits"] + [self._present(name) for name in self._past_names]
         self._step_outputs = ["logits"] + [self._present(name) for name in self._self_attention_pasts]
+        _check_outputs(self.decoder, files.decoder, self._first_outputs)
+        _check_outputs(self.decoder_with_past, with_past_file, self._step_outputs)
         if files.merged:
             # The merged decoder's first step still needs (unused) past inputs: empty caches.
             self._empty_pasts = {
                 i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=_NUMPY_DTYPES.get(i.type, np.float32))
-                for i in past_inputs
+                for i in self.decoder.get_inputs()
+                if i.name.startswith("past_key_values.")
             }
 
     @staticmethod
@@ -220,7 +332,7 @@ class Seq2SeqGenerator:
         pad = generation.get("pad_token_id", config.get("pad_token_id")) or 0
         transient_global = config.get("encoder_attention_type") == "transient-global"
         global_block = config.get("global_block_size", 0) if transient_global else 0
-        return cls(
+        generator = cls(
             model_id,
             model_dir,
             files,
@@ -230,6 +342,25 @@ class Seq2SeqGenerator:
             eos_ids,
             pad_token_id=int(pad),
             min_encoder_tokens=int(global_block or 0),
+        )
+        log.info("CPU: %s", cpu_summary())  # a Space does not say which CPU it got; its flags set the speed
+        if generator.speed_notice:
+            log.warning("%s", generator.speed_notice)
+        return generator
+
+    @property
+    def speed_notice(self) -> str | None:
+        """For a stock export (no fused attention): what that costs and the command that makes a fast copy,
+        for the log and the page; None for an export made by training/export.py."""
+        if self.fast_attention:
+            return None
+        precision = "int8" if self.files.quantized else "fp32"
+        return (
+            f"Model {self.model_id} is a stock ONNX export ({precision}, LongT5's attention as exported, "
+            "not fused): the published model takes ~10 s per answer at 4,096 tokens on 2 cores. A copy "
+            f"1.6-2.4x faster (fused attention, int8): `{FAST_EXPORT_COMMAND}` (or `make fast-model`), "
+            f"then serve it with `--model {FAST_EXPORT_FOLDER}`, or push that folder to the Hub and set "
+            "MODEL_ID."
         )
 
     def count_tokens(self, text: str) -> int:
@@ -262,15 +393,13 @@ class Seq2SeqGenerator:
     def encode(self, input_ids: Sequence[int]) -> tuple[ort.OrtValue, ort.OrtValue]:
         """The encoder's output (1, tokens, d_model) for one input and its attention mask, as OrtValues."""
         padding = max(0, self.min_encoder_tokens - len(input_ids))
-        ids = np.array([[*input_ids, *[self.pad_token_id] * padding]], dtype=self._ids_dtype)
-        mask = np.ones_like(ids, dtype=self._mask_dtype)
+        ids = np.array([[*input_ids, *[self.pad_token_id] * padding]], dtype=np.int64)
+        mask = np.ones_like(ids)
         if padding:
             mask[0, len(input_ids) :] = 0
-        mask_value = _ort_value(mask)
-        (hidden,) = self.encoder.run_with_ort_values(
-            [self._encoder_output], {"input_ids": _ort_value(ids), "attention_mask": mask_value}
-        )
-        return hidden, mask_value
+        feed = _feed(self._encoder_inputs, {"input_ids": ids, "attention_mask": mask})
+        (hidden,) = self.encoder.run_with_ort_values([self._encoder_output], feed)
+        return hidden, feed["attention_mask"] if "attention_mask" in feed else _ort_value(mask)
 
     def decode_ids(
         self, hidden: ort.OrtValue, mask: ort.OrtValue, max_new_tokens: int = 128, min_new_tokens: int = 0
@@ -279,24 +408,23 @@ class Seq2SeqGenerator:
         yields each new token id, end-of-sequence excluded."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        # One reusable (1, 1) array holds the token fed to each step; its OrtValue shares its memory.
-        step_ids = np.array([[self.decoder_start_token_id]], dtype=self._ids_dtype)
-        step_ids_value = _ort_value(step_ids)
+        encoder_values = {"encoder_hidden_states": hidden, "encoder_attention_mask": mask}
 
         # First step: the decoder without cache also returns the cross-attention keys/values.
-        feed = {"input_ids": step_ids_value, "encoder_attention_mask": mask, "encoder_hidden_states": hidden}
+        first = {"input_ids": np.array([[self.decoder_start_token_id]], dtype=np.int64), **encoder_values}
         if self.merged:
-            feed["use_cache_branch"] = _ort_value(np.array([False]))
-            feed.update({name: _ort_value(array) for name, array in self._empty_pasts.items()})
-        outputs = self.decoder.run_with_ort_values(self._first_outputs, feed)
+            first["use_cache_branch"] = np.array([False])
+            first.update(self._empty_pasts)
+        outputs = self.decoder.run_with_ort_values(self._first_outputs, _feed(self._decoder_inputs, first))
         pasts = dict(zip(self._past_names, outputs[1:], strict=True))
 
-        # Later steps: the with-past decoder (optimum's takes no encoder_hidden_states; the merged one
-        # declares it but its cache branch does not read it).
-        feed = {"input_ids": step_ids_value, "encoder_attention_mask": mask}
-        if self.merged:
-            feed["encoder_hidden_states"] = hidden
-            feed["use_cache_branch"] = _ort_value(np.array([True]))
+        # Later steps: the with-past decoder's own inputs (today's optimum declares no encoder_hidden_states
+        # there, the December 2022 one and the merged decoder do, unread by the cache branch). One reusable
+        # (1, 1) array of its ids dtype holds each step's token; its OrtValue shares that memory.
+        declared = {k: v for k, v in self._with_past_inputs.items() if not k.startswith("past_key_values.")}
+        step_ids = np.zeros((1, 1), dtype=_NUMPY_DTYPES.get(declared["input_ids"], np.int64))
+        later = {"input_ids": step_ids, **encoder_values, "use_cache_branch": np.array([True])}
+        feed = _feed(declared, later)
 
         for step in range(max_new_tokens):
             logits = outputs[0].numpy()[0, -1]

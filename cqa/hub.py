@@ -11,11 +11,14 @@ Two layouts are understood, both written by Optimum's ONNX exporter:
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +27,27 @@ DEFAULT_MODEL_ID = "tryolabs/long-t5-tglobal-base-blogpost-cqa-onnx"
 CONFIG_FILES = ("config.json", "tokenizer.json")
 OPTIONAL_FILES = ("generation_config.json",)
 
+# The way out printed with every ModelLoadError (the app shows it on its error page). Each command works
+# on a fresh clone: make builds the environment it needs first.
 HOW_TO_FIX = (
-    "Run `python app.py --model DIR` with a local export "
-    "(`python -m training.tiny OUT` writes a tiny one to OUT/onnx; "
-    "`python -m training.export CKPT OUT` exports your own checkpoint)."
+    "The way out: `make demo` serves a tiny random model instead (it builds the full environment, .venv, "
+    "when missing, then the model in seconds; the page works, the answers are random words). To serve an "
+    'export from a folder: `make run ARGS="--model DIR"`, e.g. out/smoke/onnx after `make smoke`, or '
+    "the OUT of `.venv/bin/python -m training.export CHECKPOINT OUT`."
 )
+
+# The published ONNX export is a stock one (December 2022: fp32, LongT5's attention as exported), 1.6-2.4x
+# slower than this project's export of the same weights with the fused attention and int8. The command
+# that makes that fast copy from the published PyTorch checkpoint (`make fast-model` runs it in .venv):
+PUBLISHED_CHECKPOINT = "tryolabs/long-t5-tglobal-base-blogpost-cqa"
+FAST_EXPORT_FOLDER = "out/fast-int8"  # where FAST_EXPORT_COMMAND writes the int8 export
+FAST_EXPORT_COMMAND = (
+    f"hf download {PUBLISHED_CHECKPOINT} --local-dir out/published && "
+    "python -m training.export out/published out/fast --quantize int8"
+)
+# training/onnx_patches.py's finalize_encoder puts each layer's fused attention in this model-local
+# function: its presence in the encoder is what marks a fast export.
+FAST_ATTENTION_FUNCTION = ("cqa", "BlockAttention")  # (domain, name)
 
 # "org/name" or "name": what the Hub accepts as a repo id. Anything else can only be a local path.
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -55,6 +74,71 @@ class ModelFiles:
         """int8 files: the ``*_quantized.onnx`` ones, or a folder that ``training.export --quantize int8``
         wrote with the plain names and its ``int8.json`` report."""
         return self.encoder.name.endswith("_quantized.onnx") or (self.encoder.parent / "int8.json").is_file()
+
+    @property
+    def fast_attention(self) -> bool:
+        """Whether the encoder has this project's fused TGlobal attention (training/export.py); False for
+        a stock export such as the published one. Reads only the file's top-level fields (milliseconds)."""
+        return FAST_ATTENTION_FUNCTION in onnx_functions(self.encoder)
+
+
+def onnx_functions(path: Path) -> set[tuple[str, str]]:
+    """(domain, name) of the model-local functions of an ONNX file; empty if it cannot be read.
+
+    An ONNX file is one protobuf ModelProto. The serving set has no ``onnx`` package, and this needs only
+    the top-level fields: the graph (weights included) is skipped with a seek, each function
+    (field 25, FunctionProto) is read for its name (field 1) and domain (field 10).
+    """
+    functions = set()
+    try:
+        with open(path, "rb") as stream:
+            for field, value in _protobuf_fields(stream, skip=lambda field: field != 25):
+                if field == 25:
+                    parts = dict(_protobuf_fields(io.BytesIO(value), skip=lambda field: field not in (1, 10)))
+                    functions.add((parts.get(10, b"").decode(), parts.get(1, b"").decode()))
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        log.warning("could not read the functions of %s: %s", path, error)
+    return functions
+
+
+def _protobuf_fields(stream: BinaryIO, skip: Callable[[int], bool]) -> Iterator[tuple[int, bytes | None]]:
+    """(field number, bytes) of each length-delimited field of one protobuf message, in file order; other
+    wire types, and the fields ``skip`` names, are passed over (their value is None)."""
+    while (key := _varint(stream)) is not None:
+        field, wire_type = key >> 3, key & 7
+        if wire_type == 0:  # varint
+            _varint(stream)
+            yield field, None
+        elif wire_type in (1, 5):  # fixed 64 / 32 bits
+            stream.seek(8 if wire_type == 1 else 4, io.SEEK_CUR)
+            yield field, None
+        elif wire_type == 2:  # length-delimited: bytes, strings, sub-messages
+            length = _varint(stream)
+            if length is None:
+                raise ValueError("truncated protobuf field")
+            if skip(field):
+                stream.seek(length, io.SEEK_CUR)
+                yield field, None
+            else:
+                value = stream.read(length)
+                if len(value) != length:
+                    raise ValueError("truncated protobuf field")
+                yield field, value
+        else:
+            raise ValueError(f"not a protobuf message (wire type {wire_type})")
+
+
+def _varint(stream: BinaryIO) -> int | None:
+    """The next base-128 varint of ``stream``, or None at its end."""
+    result = shift = 0
+    while byte := stream.read(1):
+        result |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return result
+        shift += 7
+    if shift:
+        raise ValueError("truncated protobuf varint")
+    return None
 
 
 def _onnx_name(stem: str, quantized: bool) -> str:

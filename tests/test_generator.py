@@ -13,7 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cqa.generator import Answer, ModelLoadError, Seq2SeqGenerator, default_threads
+from cqa.generator import (
+    FAST_EXPORT_COMMAND,
+    Answer,
+    ModelLoadError,
+    Seq2SeqGenerator,
+    cpu_features,
+    cpu_summary,
+    default_threads,
+)
+from cqa.hub import FAST_ATTENTION_FUNCTION, onnx_functions
 
 REPO = Path(__file__).resolve().parents[1]
 ONNX_NAMES = ("encoder_model", "decoder_model", "decoder_with_past_model")
@@ -59,9 +68,10 @@ def onnx_greedy(generator: Seq2SeqGenerator, input_ids: list[int], max_new_token
     return list(generator.decode_ids(hidden, mask, max_new_tokens, min_new_tokens))
 
 
-# global_block_size is 4: 2 and 3 tokens are under one global block (the export needs them padded),
-# 5 is under two global blocks, 1100 is far past the local radius.
-@pytest.mark.parametrize("n_tokens", [2, 3, 5, 9, 40, 300, 1100])
+# The tiny model's blocks (training.tiny.TINY_CONFIG): local blocks of 16 tokens (local_radius 15), global
+# blocks of 32. Under 32 tokens there is no global block (the runtime pads such inputs to one, masked);
+# 16, 17 and 49 cross local blocks, 31-33, 63 and 65 the edges of global blocks; 300 and 1100 hold many.
+@pytest.mark.parametrize("n_tokens", [2, 3, 16, 17, 31, 32, 33, 49, 63, 65, 300, 1100])
 def test_greedy_ids_match_transformers(generator, torch_model, n_tokens):
     input_ids = random_input_ids(n_tokens, seed=n_tokens)
     for min_new_tokens in (0, 24):
@@ -119,7 +129,7 @@ def test_count_tokens_includes_end_of_sequence(generator):
 
 
 def test_empty_and_short_inputs_generate(generator):
-    # Shorter than one global block (4 tokens here, 16 in the real model): padded, masked, still works.
+    # Shorter than one global block (32 tokens here, 16 in the real model): padded, masked, still works.
     assert generator.generate("", max_new_tokens=4, min_new_tokens=4).output_tokens == 4
     assert generator.generate("the model", max_new_tokens=4, min_new_tokens=4).input_tokens == 3
 
@@ -250,6 +260,137 @@ def test_auto_precision_takes_int8_only_when_the_export_has_it(quantized_dir, ti
     assert auto.files.quantized and auto.files.encoder.name == "encoder_model_quantized.onnx"
     plain = Seq2SeqGenerator.load(tiny_dir / "onnx", threads=1, quantized=None)
     assert not plain.files.quantized and plain.files.encoder.name == "encoder_model.onnx"
+
+
+# --- other exporters: the published stock export (December 2022 optimum), int32 ids ------------------
+
+
+def test_stock_export_is_known_and_says_how_to_get_a_fast_one(generator, stock_dir, quantized_dir):
+    assert generator.fast_attention and generator.speed_notice is None
+    int8 = Seq2SeqGenerator.load(quantized_dir, threads=1, quantized=True)
+    assert int8.fast_attention, "the quantizer must keep the fused attention (and its mark)"
+    stock = Seq2SeqGenerator.load(stock_dir, threads=1)
+    assert not stock.fast_attention and not stock.files.fast_attention
+    assert FAST_EXPORT_COMMAND in stock.speed_notice and stock.model_id in stock.speed_notice
+    assert "python -m training.export" in FAST_EXPORT_COMMAND and "--quantize int8" in FAST_EXPORT_COMMAND
+
+
+def test_onnx_functions_reads_what_onnx_reads(tiny_dir, stock_dir, tmp_path):
+    import onnx
+
+    for path in [*(tiny_dir / "onnx").glob("*.onnx"), stock_dir / "encoder_model.onnx"]:
+        expected = {(f.domain, f.name) for f in onnx.load(str(path), load_external_data=False).functions}
+        assert onnx_functions(path) == expected, path
+    assert FAST_ATTENTION_FUNCTION in onnx_functions(tiny_dir / "onnx" / "encoder_model.onnx")
+    (tmp_path / "broken.onnx").write_bytes(b"\xff\xff\xff")  # unreadable: no functions, no crash
+    assert onnx_functions(tmp_path / "broken.onnx") == set()
+
+
+@pytest.mark.parametrize("n_tokens", [5, 40, 300])
+def test_the_published_export_layout_matches_transformers(published_like_dir, torch_model, n_tokens):
+    """Stock graph (fails unpadded under one global block), no generation_config.json, and a with-past
+    decoder that declares encoder_hidden_states and outputs the cross-attention cache."""
+    generator = Seq2SeqGenerator.load(published_like_dir, threads=1, quantized=None)
+    assert "encoder_hidden_states" in {i.name for i in generator.decoder_with_past.get_inputs()}
+    assert not generator.fast_attention and not generator.files.quantized
+    input_ids = random_input_ids(n_tokens, seed=n_tokens)
+    for min_new_tokens in (0, 24):
+        expected = torch_greedy(torch_model, input_ids, max_new_tokens=24, min_new_tokens=min_new_tokens)
+        assert onnx_greedy(generator, input_ids, 24, min_new_tokens) == expected
+
+
+def _int32_inputs(path: Path, names: set[str]) -> None:
+    """Make the graph inputs ``names`` int32, cast back to int64 where they are read."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    for graph_input in [i for i in graph.input if i.name in names]:
+        as_int64 = graph_input.name + "_as_int64"
+        for node in graph.node:
+            node.input[:] = [as_int64 if name == graph_input.name else name for name in node.input]
+        graph.node.insert(0, helper.make_node("Cast", [graph_input.name], [as_int64], to=TensorProto.INT64))
+        graph_input.type.tensor_type.elem_type = TensorProto.INT32
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="module")
+def int32_dir(tiny_dir: Path, tmp_path_factory) -> Path:
+    """The tiny export with int32 ids in every session and an int32 mask in the decoders only (so the
+    encoder's int64 mask must be converted for them)."""
+    out = tmp_path_factory.mktemp("int32")
+    for path in (tiny_dir / "onnx").iterdir():
+        shutil.copy(path, out / path.name)
+    _int32_inputs(out / "encoder_model.onnx", {"input_ids"})
+    for name in ("decoder_model.onnx", "decoder_with_past_model.onnx"):
+        _int32_inputs(out / name, {"input_ids", "encoder_attention_mask"})
+    return out
+
+
+def test_int32_inputs_are_fed_as_declared(generator, int32_dir):
+    int32 = Seq2SeqGenerator.load(int32_dir, threads=1)
+    types = {i.name: i.type for s in (int32.encoder, int32.decoder_with_past) for i in s.get_inputs()}
+    assert types["input_ids"] == "tensor(int32)" and types["encoder_attention_mask"] == "tensor(int32)"
+    assert types["attention_mask"] == "tensor(int64)"
+    for n_tokens in (5, 40, 300):  # 5: padded to one global block, so the mask has zeros
+        input_ids = random_input_ids(n_tokens, seed=n_tokens)
+        assert onnx_greedy(int32, input_ids, 20, 20) == onnx_greedy(generator, input_ids, 20, 20)
+
+
+def test_an_input_the_runtime_cannot_feed_is_named(tiny_dir, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    for path in (tiny_dir / "onnx").iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    model = onnx.load(str(tmp_path / "decoder_model.onnx"))
+    model.graph.input.append(helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, [1, None]))
+    onnx.save(model, str(tmp_path / "decoder_model.onnx"))
+    with pytest.raises(ModelLoadError, match=r"decoder_model\.onnx declares inputs .*\(token_type_ids\)"):
+        Seq2SeqGenerator.load(tmp_path, threads=1)
+
+
+def test_a_decoder_without_the_cache_outputs_is_named(tiny_dir, tmp_path):
+    import onnx
+
+    for path in (tiny_dir / "onnx").iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    model = onnx.load(str(tmp_path / "decoder_with_past_model.onnx"))
+    outputs = [o for o in model.graph.output if o.name != "present.0.decoder.key"]
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+    onnx.save(model, str(tmp_path / "decoder_with_past_model.onnx"))
+    with pytest.raises(
+        ModelLoadError, match=r"decoder_with_past_model\.onnx lacks .*present\.0\.decoder\.key"
+    ):
+        Seq2SeqGenerator.load(tmp_path, threads=1)
+
+
+# --- the CPU --------------------------------------------------------------------------------------------
+
+
+def test_cpu_features_read_proc_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n\n"
+        "processor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+    )
+    features = cpu_features(cpuinfo)
+    assert features == {
+        "avx2": True,
+        "avx512f": True,
+        "avx512_vnni": True,
+        "avx512_bf16": False,
+        "amx_tile": False,
+        "amx_int8": False,
+    }
+    summary = cpu_summary(cpuinfo)
+    assert "avx2 avx512f avx512_vnni (no avx512_bf16 amx_tile amx_int8)" in summary
+    assert f"{default_threads()} core(s)" in summary
+    assert not any(cpu_features(tmp_path / "missing").values())  # macOS, Windows: no crash
+    assert "CPU flags unknown" in cpu_summary(tmp_path / "missing")
+    assert set(cpu_features()) == set(features)  # this machine's, whatever they are
 
 
 # --- end of sequence ---------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PUBLISHED_ONNX_FILES
 
-from cqa.hub import DEFAULT_MODEL_ID
+from cqa.hub import CONFIG_FILES, DEFAULT_MODEL_ID, FAST_EXPORT_COMMAND
 
 REPO = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -45,8 +46,9 @@ def run_offline(cache: Path, script: str) -> subprocess.CompletedProcess:
 
 
 LOAD_SCRIPT = """
-import json, sys
+import json, logging, sys
 from cqa.generator import ModelLoadError, Seq2SeqGenerator
+logging.basicConfig(level=logging.INFO)  # the load's log lines go to stderr, which the test reads
 try:
     generator = Seq2SeqGenerator.load({model!r}, threads=1, revision={revision!r}, quantized={quantized!r})
 except ModelLoadError as error:
@@ -55,6 +57,7 @@ except ModelLoadError as error:
 answer = generator.generate("the blog post is about the model", max_new_tokens=6, min_new_tokens=6)
 print(json.dumps({{"model_id": generator.model_id, "model_dir": str(generator.model_dir),
                   "quantized": generator.files.quantized,
+                  "fast_attention": generator.fast_attention, "speed_notice": generator.speed_notice,
                   "text": answer.text, "output_tokens": answer.output_tokens,
                   "heavy": [m for m in ("torch", "transformers", "optimum") if m in sys.modules]}}))
 """
@@ -65,7 +68,7 @@ def load_offline(
 ) -> dict:
     result = run_offline(cache, LOAD_SCRIPT.format(model=model, revision=revision, quantized=quantized))
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return {**json.loads(result.stdout.strip().splitlines()[-1]), "log": result.stderr}
 
 
 @pytest.mark.slow
@@ -88,6 +91,47 @@ def test_loads_the_default_repo_id_from_the_hub_cache(tiny_dir, tmp_path):
     assert Path(pinned["model_dir"]) == snapshot
     message = load_offline(tmp_path / "hub", DEFAULT_MODEL_ID, revision="v2")["error"]
     assert "revision 'v2'" in message and "--model DIR" in message
+
+
+@pytest.mark.slow
+def test_loads_the_published_repo_as_it_is(published_like_dir, tmp_path):
+    """The published repo's exact file list (no generation_config.json), its stock graph and its
+    December 2022 with-past decoder, from the Hub cache as a Space's build leaves it."""
+    from cqa.generator import Seq2SeqGenerator, cpu_summary
+
+    files = sorted(published_like_dir.iterdir())
+    assert sorted(p.name for p in files) == sorted(PUBLISHED_ONNX_FILES)
+    fill_hub_cache(tmp_path / "hub", DEFAULT_MODEL_ID, files)
+    expected = Seq2SeqGenerator.load(published_like_dir, threads=1).generate(
+        "the blog post is about the model", 6, 6
+    )
+    for quantized in (None, False):  # --precision auto (the app's default), then fp32
+        loaded = load_offline(tmp_path / "hub", DEFAULT_MODEL_ID, quantized=quantized)
+        assert "error" not in loaded, loaded
+        assert loaded["output_tokens"] == 6 and loaded["text"] == expected.text
+        assert loaded["quantized"] is False and loaded["fast_attention"] is False
+        assert FAST_EXPORT_COMMAND in loaded["speed_notice"]
+        assert "stock ONNX export" in loaded["log"] and FAST_EXPORT_COMMAND in loaded["log"]
+        assert f"CPU: {cpu_summary()}" in loaded["log"]  # the Space's CPU flags, once, at load
+
+
+def test_the_space_preloads_only_files_the_published_repo_has():
+    """README's front matter: preload_from_hub names files of the published repo only (a missing one can
+    fail the Space's build), and all the files the app needs from it."""
+    front_matter = (REPO / "README.md").read_text(encoding="utf-8").split("---\n")[1]
+    lines = front_matter.splitlines()
+    entries = lines[lines.index("preload_from_hub:") + 1 :]
+    preloads = {}
+    for line in entries:
+        if not line.startswith("  - "):
+            break
+        repo, _, names = line.removeprefix("  - ").partition(" ")
+        preloads[repo] = names.split(",")
+    assert preloads.keys() == {DEFAULT_MODEL_ID}
+    names = preloads[DEFAULT_MODEL_ID]
+    assert set(names) <= set(PUBLISHED_ONNX_FILES), set(names) - set(PUBLISHED_ONNX_FILES)
+    needed = {*CONFIG_FILES, "encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"}
+    assert needed <= set(names), needed - set(names)
 
 
 @pytest.mark.slow
@@ -124,7 +168,7 @@ def test_repo_not_in_the_cache_is_a_clear_error(tmp_path):
     message = loaded["error"]
     assert "someone/not-in-the-cache" in message
     assert "HF_HUB_OFFLINE" in message
-    assert "--model DIR" in message and "python -m training.tiny" in message
+    assert "--model DIR" in message and "make demo" in message
 
 
 def test_incomplete_snapshot_names_the_missing_files(tiny_dir, tmp_path):
