@@ -178,8 +178,8 @@ def find_model_files(model_dir: Path, quantized: bool = False, model_id: str | N
     if missing or files is None:
         variant = " int8 (*_quantized.onnx)" if quantized else ""
         hint = (
-            " Quantize the export first (onnxruntime.quantization.quantize_dynamic), or load it without "
-            "--quantized."
+            " Quantize the export first (`python -m training.export CHECKPOINT OUT --quantize int8` writes "
+            "OUT-int8), or serve its fp32 files (`--precision fp32`, or `auto`)."
             if quantized
             else ""
         )

@@ -450,7 +450,7 @@ def test_missing_files_are_named(tiny_dir, tmp_path):
 
 
 def test_quantized_without_quantized_files_says_so(tiny_dir):
-    with pytest.raises(ModelLoadError, match=r"encoder_model_quantized\.onnx.*--quantized"):
+    with pytest.raises(ModelLoadError, match=r"encoder_model_quantized\.onnx.*--precision fp32"):
         Seq2SeqGenerator.load(tiny_dir / "onnx", quantized=True)
 
 

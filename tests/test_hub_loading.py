@@ -171,6 +171,21 @@ def test_repo_not_in_the_cache_is_a_clear_error(tmp_path):
     assert "--model DIR" in message and "make demo" in message
 
 
+def test_the_commands_the_messages_advise_exist():
+    """The way out named on the error page and the fast-export notice are make targets that run what the
+    messages say (make -n prints the commands without running them)."""
+    from cqa.hub import HOW_TO_FIX
+
+    assert "`make demo`" in HOW_TO_FIX
+    demo = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert demo.returncode == 0, demo.stderr
+    assert "-m training.tiny out/demo" in demo.stdout and "app.py --model out/demo/onnx" in demo.stdout
+    fast = subprocess.run(["make", "-n", "fast-model"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert fast.returncode == 0, fast.stderr
+    download, export = FAST_EXPORT_COMMAND.split(" && ")
+    assert download in fast.stdout and export.removeprefix("python ") in fast.stdout
+
+
 def test_incomplete_snapshot_names_the_missing_files(tiny_dir, tmp_path):
     export = tiny_dir / "onnx"
     files = [p for p in export.iterdir() if p.name != "encoder_model.onnx"]
