@@ -52,7 +52,8 @@ from cqa.documents import (
     load_document_file,
 )
 from cqa.format import CONTEXT_STRATEGIES, DEFAULT_MAX_INPUT_TOKENS, NO_ANSWER
-from cqa.generator import DEFAULT_MODEL_ID, Answer, ModelLoadError, Seq2SeqGenerator
+from cqa.generator import DEFAULT_MODEL_ID, Answer, ModelLoadError, Seq2SeqGenerator, cpu_summary
+from cqa.hub import HOW_TO_FIX
 
 __all__ = ["DEFAULT_DOCUMENT", "MAX_QUESTION_TOKENS", "PRECISIONS", "build_app", "main", "parse_args"]
 
@@ -141,10 +142,10 @@ def model_name(generator: Seq2SeqGenerator) -> str:
 
 
 # Scroll the document view to the marked answer whenever it changes (gr.HTML runs this in the page).
-SCROLL_TO_MARK = (
-    "watch('value', () => { const mark = element.querySelector('#evidence-mark');"
-    " if (mark) mark.scrollIntoView({block: 'center'}); });"
+SCROLL_JS = (
+    "setTimeout(() => document.querySelector('#evidence-mark')?.scrollIntoView({block: 'center'}), 50);"
 )
+SCROLL_TO_MARK = f"watch('value', () => {{ {SCROLL_JS} }});"
 # The document view keeps the document's line breaks and scrolls inside its own box.
 DOCUMENT_CSS = ".document { white-space: pre-wrap; max-height: 420px; overflow-y: auto; padding: 0.5em; }"
 
@@ -172,23 +173,20 @@ def build_app(
     sessions = Sessions(document, ttl_seconds=session_ttl, capacity=max_sessions)
     slot = GenerationSlot(max_waiting=queue_size)
     downloads = Path(tempfile.mkdtemp(prefix="cqa-conversations-"))
+    cpu = cpu_summary()
 
     def header(doc: Document) -> str:
         tokens = len(generator.tokenizer.encode(doc.text, add_special_tokens=False).ids)
         precision = "int8" if generator.files.quantized else "fp32"
-        stock = ""
-        if getattr(generator, "fast_attention", True) is False:
-            stock = (
-                "<br><small>⚠️ This is a stock ONNX export (about 3x slower on two cores); "
-                "<code>python -m training.export CHECKPOINT OUT --quantize int8</code> makes a fast one."
-                "</small>"
-            )
+        notes = f"<br><small>CPU: {html.escape(cpu)}</small>"
+        if generator.speed_notice:  # a stock export: say what it costs and how to get a fast one
+            notes += f"<br><small>⚠️ {literal(generator.speed_notice)}</small>"
         return (
             f"<b>Document:</b> {isolated(doc.title)} ({doc.words:,} words, {tokens:,} tokens)<br>"
             f"<b>Model:</b> <code>{html.escape(model_name(generator))}</code> ({precision}) on ONNX Runtime "
             f"(greedy, up to {max_new_tokens} new tokens; input up to {max_input_tokens:,} tokens: the "
             f"document{', its most relevant passages when longer' if context_strategy == 'relevant' else ''}"
-            ", then the last two turns)" + stock
+            ", then the last two turns)" + notes
         )
 
     with gr.Blocks(title="Chat with a document", delete_cache=(3600, 3600)) as demo:
@@ -225,7 +223,9 @@ def build_app(
                 "Download conversation", size="sm", scale=0, min_width=200, elem_id="download", visible=False
             )
         gr.Examples(EXAMPLE_QUESTIONS, inputs=[question], label="Examples (about the default document)")
-        with gr.Accordion("Document (the last answer highlighted)", open=False, elem_id="document-accordion"):
+        with gr.Accordion(
+            "Document (the last answer highlighted)", open=False, elem_id="document-accordion"
+        ) as document_accordion:
             document_view = gr.HTML(
                 document_html(document),
                 elem_id="document-view",
@@ -557,6 +557,8 @@ def build_app(
         use_url_button.click(use_url, [url], document_outputs, api_name="use_url")
         url.submit(use_url, [url], document_outputs, api_visibility="private")
         use_default_button.click(use_default, None, document_outputs, api_name="use_default")
+        # A closed accordion cannot scroll: scroll when it opens, too.
+        document_accordion.expand(None, js=f"() => {{ {SCROLL_JS} }}")
     demo.sessions = sessions  # for tests and monitoring: how many conversations are held
     return demo
 
@@ -660,7 +662,9 @@ def main(argv: list[str] | None = None) -> None:
         log.error("%s\nServing a page that says so (no chat).", error)
     except Exception as error:  # an export ONNX Runtime loads but cannot run
         message = f"ONNX Runtime failed on a warm-up answer with {args.model}: {error}"
-        demo = build_error_app(message + " Export the model again, or choose another with --model.")
+        demo = build_error_app(
+            f"{message} Export the model again, or choose another with --model. {HOW_TO_FIX}"
+        )
         log.exception("%s\nServing a page that says so (no chat).", message)
     else:
         log.info(

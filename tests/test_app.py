@@ -637,3 +637,21 @@ def test_a_public_server_refuses_local_addresses(server, local_site):
 def test_the_header_names_the_model_folder_not_the_server_path(server, tiny_dir):
     header = use(new_client(server), api_name="/use_default")["header"]
     assert "<code>onnx</code>" in header and str(tiny_dir) not in header
+
+
+def test_a_stock_export_is_served_with_a_notice_on_how_to_make_it_fast(published_like_dir):
+    from cqa.hub import FAST_EXPORT_COMMAND
+
+    generator = Seq2SeqGenerator.load(published_like_dir, threads=1)
+    demo = build_app(generator, DOCUMENT, max_input_tokens=MAX_INPUT_TOKENS, max_new_tokens=4)
+    demo.queue()
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    try:
+        client = new_client(f"http://127.0.0.1:{port}/")
+        header = html.unescape(use(client, api_name="/use_default")["header"])
+        assert "stock ONNX export" in header and FAST_EXPORT_COMMAND in header
+        assert "CPU: " in header
+        assert chat(client, "Where do sea otters live?")["details"]["done"]  # and it answers
+    finally:
+        demo.close()

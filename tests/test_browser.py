@@ -373,3 +373,60 @@ def test_a_15k_token_document_keeps_the_passages_related_to_the_question(local_p
     local_page.get_by_text("What the model sees").click()
     kept = local_page.get_by_label("The parts of the document the model sees").input_value()
     assert "The lighthouse keeper was named Ingrid Solberg." in kept
+
+
+@pytest.fixture(scope="module")
+def head_cut_url(tiny_dir) -> str:
+    """An app whose model sees only the first 256 tokens of a document (the head cut), and always writes
+    a full answer: text appended past the cut cannot change the model's answer."""
+    generator = SlowGenerator.load(tiny_dir / "onnx", threads=1)
+    generator.delay = 0
+    document = load_document_file(DEFAULT_DOCUMENT)
+    demo = build_app(generator, document, max_input_tokens=256, max_new_tokens=6, context_strategy="head")
+    demo.queue(max_size=16)
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def paste(page, text: str) -> None:
+    page.get_by_label("Or paste text").fill(text)
+    page.get_by_text("Use the pasted text").click()
+    page.get_by_text("Now answering questions about").wait_for(timeout=30_000)
+    page.locator('#chatbot [data-testid="bot"]').first.wait_for(state="detached")
+
+
+def test_an_answer_found_in_the_document_is_quoted_marked_and_shown_in_place(browser, head_cut_url):
+    """The tiny model's answer is random words: append them to the document past the model's cut (the
+    answer stays the same), and the evidence is that sentence, marked, with the document view on it."""
+    page = browser.new_page(viewport={"width": 1100, "height": 1000})
+    try:
+        page.goto(head_cut_url)
+        page.get_by_text("Change the document").click()
+        start = "\n\n".join(f"Paragraph {i} is about the harbour and its boats." for i in range(200))
+        paste(page, "Harbour notes\n\n" + start)
+        question = "What is the harbour about?"
+        first = ask(page, question, 0).split("\n")[0]
+        assert "Not found in the document" in page.locator('#chatbot [data-testid="bot"]').first.inner_text()
+        answer = page.locator('#chatbot [data-testid="bot"]').first.inner_text().split("Not found")[0].strip()
+        assert answer and answer in first
+
+        paste(page, "Harbour notes\n\n" + start + f"\n\nThe last line says {answer} and nothing more.")
+        shown = ask(page, question, 0)
+        mark = page.locator('#chatbot [data-testid="bot"] blockquote.evidence mark')
+        assert mark.inner_text() == answer
+        assert f"The last line says {answer} and nothing more." in shown  # the sentence, quoted
+
+        page.get_by_text("Document (the last answer highlighted)").click()
+        in_view = page.locator("#document-view mark#evidence-mark")
+        in_view.wait_for()
+        assert in_view.inner_text() == answer
+        page.wait_for_timeout(300)
+        box = page.locator("#document-view .document").bounding_box()
+        marked = in_view.bounding_box()
+        assert box["y"] <= marked["y"] <= box["y"] + box["height"]  # scrolled into view, at the very end
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "evidence.png"), full_page=True)
+    finally:
+        page.close()
