@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ from onnx import numpy_helper
 from cqa.format import build_model_input
 from training import export
 
+REPO = Path(__file__).resolve().parents[1]
 CONTEXT = "The blog post explains how a long model reads a long document and answers questions about it."
 QUESTION = "What does the model read?"
 
@@ -150,3 +154,75 @@ def test_gate_catches_the_stock_export_failing_below_one_global_block(tmp_path):
     pytest.importorskip("training.onnx_patches")
     export.export_onnx(checkpoint, tmp_path / "patched", parity_lengths=(8, 15, 17, 40))
     assert json.loads((tmp_path / "patched" / "parity.json").read_text())["passed"]
+
+
+# --- a Hub repo id as the checkpoint (offline, from a filled Hub cache) --------------------------------
+
+
+def _export_offline(cache: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m training.export ARGS` with only the Hub cache ``cache`` (huggingface_hub reads these
+    variables when imported, so a fresh process)."""
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HOME", None)
+    return subprocess.run(
+        [sys.executable, "-m", "training.export", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_export_takes_a_hub_repo_id(tiny_dir, tmp_path):
+    from test_hub_loading import fill_hub_cache
+
+    files = sorted(p for p in (tiny_dir / "model").iterdir() if p.is_file())
+    assert any(p.suffix == ".safetensors" for p in files)
+    fill_hub_cache(tmp_path / "hub", "org/tiny-cqa", files)
+
+    out = tmp_path / "onnx"
+    done = _export_offline(tmp_path / "hub", "org/tiny-cqa", str(out), "--parity-lengths", "8", "40")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fetching org/tiny-cqa" in done.stderr
+    assert all((out / name).is_file() for name in [*export.ONNX_FILES, "config.json", "tokenizer.json"])
+    assert json.loads((out / "parity.json").read_text())["passed"]
+
+
+@pytest.mark.slow
+def test_export_of_a_repo_id_missing_from_the_offline_cache_says_what_to_do(tmp_path):
+    (tmp_path / "hub").mkdir()
+    done = _export_offline(tmp_path / "hub", "org/not-cached", str(tmp_path / "onnx"))
+    assert done.returncode == 1
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith("export failed: 'org/not-cached' is not a local folder")
+    assert "HF_HUB_OFFLINE is set" in message and "hf download org/not-cached --local-dir DIR" in message
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_a_repo_download_fetches_weights_configs_and_tokenizer_only():
+    from huggingface_hub.utils import filter_repo_objects
+
+    repo = [  # a checkpoint repo as the Hub holds one, weights in several formats
+        *("config.json", "generation_config.json", "spiece.model", "tokenizer.json", "tokenizer_config.json"),
+        *("special_tokens_map.json", "added_tokens.json", "README.md", ".gitattributes"),
+        *("model.safetensors", "pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "rust_model.ot"),
+        *("optimizer.pt", "scheduler.pt", "training_args.bin", "onnx/encoder_model.onnx"),
+    ]
+    safetensors = set(filter_repo_objects(repo, allow_patterns=export._patterns(safetensors=True)))
+    pytorch = set(filter_repo_objects(repo, allow_patterns=export._patterns(safetensors=False)))
+    wanted = {*export.CONFIG_FILES, *export.TOKENIZER_FILES, "added_tokens.json"}
+    assert safetensors == wanted | {"model.safetensors"}
+    assert pytorch == wanted | {"pytorch_model.bin"}
+    sharded = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    index = "model.safetensors.index.json"
+    kept = set(filter_repo_objects([*sharded, index], allow_patterns=export._patterns(True)))
+    assert kept == {*sharded, index}
+
+
+def test_a_local_folder_is_never_taken_for_a_repo_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    assert export.resolve_checkpoint("org/name") == Path("org/name")
+    assert export.resolve_checkpoint(tmp_path / "missing") == tmp_path / "missing"  # not "org/name"-shaped

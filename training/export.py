@@ -1,6 +1,12 @@
 """ONNX export of a LongT5 checkpoint in the published three-file layout, with a parity gate, and int8.
 
-    python -m training.export CHECKPOINT OUT [--quantize int8] [--int8-out DIR]
+    python -m training.export CHECKPOINT OUT [--quantize int8] [--int8-out DIR] [--revision REV]
+
+CHECKPOINT is a local folder or a Hub repo id (`org/name`): a repo is fetched with huggingface_hub's
+snapshot_download into the normal Hub cache, the weights (safetensors, else PyTorch .bin), configs and
+tokenizer files only; with HF_HUB_OFFLINE=1 only that cache is read. For example, the published model:
+
+    python -m training.export tryolabs/long-t5-tglobal-base-blogpost-cqa out/fast --quantize int8
 
 OUT gets `encoder_model.onnx`, `decoder_model.onnx` (decoder + LM head), `decoder_with_past_model.onnx`
 (the same decoder reading the key/value cache), config.json, generation_config.json, the tokenizer files,
@@ -30,6 +36,8 @@ import argparse
 import json
 import logging
 import math
+import os
+import re
 import shutil
 import sys
 import time
@@ -48,6 +56,11 @@ MAX_RELATIVE_ERROR = (
 PARITY_NEW_TOKENS = 16  # greedy tokens compared per length
 TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 CONFIG_FILES = ("config.json", "generation_config.json")
+# What a checkpoint repo download fetches besides the weights: no optimizer states, no TF/Flax weights.
+CHECKPOINT_FILES = (*CONFIG_FILES, *TOKENIZER_FILES, "added_tokens.json")
+SAFETENSORS_WEIGHTS = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
+PYTORCH_WEIGHTS = ("pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "org/name", as the Hub spells a repo id
 
 
 class ExportError(RuntimeError):
@@ -161,6 +174,41 @@ def _export_unchecked(checkpoint: Path, out: Path, trace_length: int | None, fas
             shutil.copy(checkpoint / name, out / name)
 
 
+def resolve_checkpoint(checkpoint: str | Path, revision: str | None = None) -> Path:
+    """The local folder of ``checkpoint``: itself when it is a folder, else the Hub repo of that id,
+    fetched (or found in the Hub cache) with only the files an export needs. ExportError otherwise."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir() or path.exists() or not _REPO_ID.match(str(checkpoint)):
+        return path  # a folder, or something that can only be meant as one (export_onnx checks it)
+    return _download_checkpoint(str(checkpoint), revision)
+
+
+def _download_checkpoint(repo_id: str, revision: str | None) -> Path:
+    # Imported here: huggingface_hub reads HF_HUB_OFFLINE and the cache folder when first imported.
+    from huggingface_hub import snapshot_download
+
+    log.info("export: fetching %s from the Hugging Face Hub (or its cache)", repo_id)
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_patterns(True)))
+        if not any(folder.glob("*.safetensors")):  # an older repo: PyTorch .bin weights only
+            folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_patterns(False)))
+    except (OSError, ValueError) as error:  # the Hub's errors (no repo, no network, cache miss) are OSErrors
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        where = " (HF_HUB_OFFLINE is set: only the local Hub cache was searched)" if offline else ""
+        at = f" at revision {revision!r}" if revision else ""
+        raise ExportError(
+            f"{repo_id!r} is not a local folder, and the Hugging Face Hub did not give it{at}{where}: "
+            f"{type(error).__name__}: {str(error).strip().splitlines()[0]}. Check the repo id, or download "
+            f"it where the Hub is reachable (`hf download {repo_id} --local-dir DIR`) and pass DIR."
+        ) from error
+    log.info("export: %s is in %s", repo_id, folder)
+    return folder
+
+
+def _patterns(safetensors: bool) -> list[str]:
+    return [*CHECKPOINT_FILES, *(SAFETENSORS_WEIGHTS if safetensors else PYTORCH_WEIGHTS)]
+
+
 def _publish(staging: Path, out: Path) -> None:
     """Move a checked staging folder to ``out``, replacing an older one only now."""
     old = out.with_name(f".{out.name}.old")
@@ -180,13 +228,15 @@ def export_onnx(
     parity_lengths: Sequence[int] = PARITY_LENGTHS,
     gate: bool = True,
     card: str | None = None,
+    revision: str | None = None,
 ) -> Path:
-    """Export ``checkpoint`` to ``out`` (three ONNX files, configs, tokenizer, parity.json, README.md).
+    """Export ``checkpoint`` (a folder or a Hub repo id, at ``revision``) to ``out`` (three ONNX files,
+    configs, tokenizer, parity.json, README.md).
 
     With ``gate`` (the default) the parity gate must pass before anything appears at ``out``: ParityError
     otherwise. ``card`` is the README.md text (default: the model card template with what is known here).
     """
-    checkpoint, out = Path(checkpoint), Path(out)
+    checkpoint, out = resolve_checkpoint(checkpoint, revision), Path(out)
     if not (checkpoint / "config.json").exists():
         raise ExportError(f"{checkpoint} is not a model checkpoint (no config.json)")
     staging = out.with_name(f".{out.name}.staging")
@@ -427,8 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("checkpoint", type=Path, help="a PyTorch LongT5 checkpoint folder")
+    parser.add_argument("checkpoint", help="a PyTorch LongT5 checkpoint: a folder, or a Hub repo id org/name")
     parser.add_argument("out", type=Path, help="the export folder to write")
+    parser.add_argument("--revision", help="with a Hub repo id: the branch, tag or commit (default: main)")
     parser.add_argument("--quantize", choices=["int8"], help="also write a dynamic-int8 copy")
     parser.add_argument("--int8-out", type=Path, help="where the int8 copy goes (default: OUT-int8)")
     parser.add_argument(
@@ -451,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             fast_attention=not args.no_fast_attention,
             trace_length=args.trace_length,
             parity_lengths=args.parity_lengths,
+            revision=args.revision,
         )
         if args.quantize == "int8":
             int8_out = args.int8_out or args.out.with_name(args.out.name + "-int8")
