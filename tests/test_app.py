@@ -10,16 +10,15 @@ import copy
 import html
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from fixtures.servers import free_port, serving, web_page
 from fixtures.slow_model import SlowGenerator
 from gradio_client import Client, handle_file
 
@@ -40,12 +39,6 @@ DOCUMENT = Document(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def generator(tiny_dir) -> Seq2SeqGenerator:
     return Seq2SeqGenerator.load(tiny_dir / "onnx", threads=1)
@@ -54,11 +47,8 @@ def generator(tiny_dir) -> Seq2SeqGenerator:
 @pytest.fixture(scope="module")
 def server(generator) -> str:
     demo = build_app(generator, DOCUMENT, max_input_tokens=MAX_INPUT_TOKENS, max_new_tokens=8)
-    demo.queue(max_size=32)
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    with serving(demo, 32) as url:
+        yield url
 
 
 def new_client(url: str) -> Client:
@@ -280,19 +270,14 @@ def test_a_failed_generation_keeps_the_question_and_the_conversation(generator):
 
     broken.stream = failing_stream
     demo = build_app(broken, DOCUMENT, max_input_tokens=MAX_INPUT_TOKENS, max_new_tokens=4)
-    demo.queue()
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
-    try:
-        client = new_client(f"http://127.0.0.1:{port}/")
+    with serving(demo) as url:
+        client = new_client(url)
         first = chat(client, "Where do sea otters live?")
         failed = chat(client, "What do they eat?")
         assert "The model failed on this question" in failed["notice"]
         assert "injected failure" in failed["notice"]
         assert failed["question_box"] == "What do they eat?"  # nothing typed is lost
         assert failed["chatbot"] == first["chatbot"]  # the first turn is still there, nothing added
-    finally:
-        demo.close()
 
 
 @contextlib.contextmanager
@@ -403,11 +388,8 @@ def slow(tiny_dir):
         max_new_tokens=SLOW_TOKENS,
         not_listening_seconds=1.5,
     )
-    demo.queue(max_size=32)
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
-    yield generator, f"http://127.0.0.1:{port}/", demo
-    demo.close()
+    with serving(demo, queue_size=32) as url:
+        yield generator, url, demo
 
 
 def wait_until_generating(generator: SlowGenerator, calls_before: int, timeout: float = 20) -> None:
@@ -574,8 +556,6 @@ def test_a_pdf_upload_keeps_its_pages_and_evidence_says_which(server, tmp_path):
 @pytest.fixture(scope="module")
 def local_site():
     """A web page served on 127.0.0.1: an article between a menu, a cookie banner and a footer."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     page = (
         "<html><head><title>Otter news</title></head><body>"
         "<nav><a href='/'>Home</a> <a href='/about'>About us</a></nav>"
@@ -588,42 +568,22 @@ def local_site():
         )
         + "</article><footer>Copyright 2026 Otter News. All rights reserved.</footer></body></html>"
     ).encode()
-
-    class Page(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
-
-        def log_message(self, *args):
-            pass
-
-    site = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    thread = threading.Thread(target=site.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{site.server_address[1]}/news/otters"
-    site.shutdown()
+    with web_page(page) as url:
+        yield url
 
 
 def test_a_web_page_by_its_address_keeps_its_article_only(tiny_dir, generator, local_site):
     demo = build_app(
         generator, DOCUMENT, max_input_tokens=MAX_INPUT_TOKENS, max_new_tokens=4, allow_local_urls=True
     )
-    demo.queue()
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
-    try:
-        client = new_client(f"http://127.0.0.1:{port}/")
+    with serving(demo) as url:
+        client = new_client(url)
         switched = use(client, local_site, api_name="/use_url")
         assert "Otters learn to use tools" in switched["header"]
         model_input = chat(client, "What do otters keep in a pouch?")["details"]["model_input"]
         assert "crack shells with stones" in model_input
         for boilerplate in ("About us", "cookies", "Copyright"):
             assert boilerplate not in model_input
-    finally:
-        demo.close()
 
 
 def test_a_public_server_refuses_local_addresses(server, local_site):
@@ -644,14 +604,9 @@ def test_a_stock_export_is_served_with_a_notice_on_how_to_make_it_fast(published
 
     generator = Seq2SeqGenerator.load(published_like_dir, threads=1)
     demo = build_app(generator, DOCUMENT, max_input_tokens=MAX_INPUT_TOKENS, max_new_tokens=4)
-    demo.queue()
-    port = free_port()
-    demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
-    try:
-        client = new_client(f"http://127.0.0.1:{port}/")
+    with serving(demo) as url:
+        client = new_client(url)
         header = html.unescape(use(client, api_name="/use_default")["header"])
         assert "stock ONNX export" in header and FAST_EXPORT_COMMAND in header
         assert "CPU: " in header
         assert chat(client, "Where do sea otters live?")["details"]["done"]  # and it answers
-    finally:
-        demo.close()

@@ -539,6 +539,15 @@ def test_deepspeed_stage_then_data_parallel_stage_on_two_cpu_processes(tmp_path)
     assert {tensor.dtype for tensor in best.values()} == {torch.float32}
     master = get_fp32_state_dict_from_zero_checkpoint(str(stage1 / "checkpoint-3"))
     assert_same_weights(best, {name: master[name] for name in best})
+    # With bf16 the model DeepSpeed trains is a bfloat16 copy; best/ still gets the fp32 master weights.
+    # (bf16 itself needs a GPU of compute capability >= 8.0: here the live model is cast by hand.)
+    from transformers import AutoModelForSeq2SeqLM
+
+    from training.train import write_fp32_from_zero_checkpoint
+
+    live = AutoModelForSeq2SeqLM.from_pretrained(stage1 / "best").to(torch.bfloat16)
+    write_fp32_from_zero_checkpoint(live, stage1 / "checkpoint-3", tmp_path / "from-bf16")
+    assert_same_weights(load_weights(tmp_path / "from-bf16"), best)
 
     ddp = ["--multi_gpu", "--mixed_precision", "no"]
     model = ["--model", str(stage1 / "best")]
