@@ -51,7 +51,8 @@ from cqa.documents import (
     load_document_bytes,
     load_document_file,
 )
-from cqa.format import CONTEXT_STRATEGIES, DEFAULT_MAX_INPUT_TOKENS, NO_ANSWER
+from cqa.evidence import is_no_answer
+from cqa.format import CONTEXT_STRATEGIES, DEFAULT_MAX_INPUT_TOKENS
 from cqa.generator import DEFAULT_MODEL_ID, Answer, ModelLoadError, Seq2SeqGenerator, cpu_summary
 from cqa.hub import HOW_TO_FIX
 
@@ -95,7 +96,7 @@ def warning(text: str) -> str:
 def quote_html(document: Document, turn: Turn) -> str:
     """Under an answer: the sentence that holds it, quoted, with the answer marked; or why there is none."""
     if turn.evidence is None:
-        if " ".join(turn.answer.lower().rstrip(".").split()) == NO_ANSWER.lower().rstrip("."):
+        if is_no_answer(turn.answer):
             return '<small class="evidence">The model found no answer in the document.</small>'
         return '<small class="evidence">Not found in the document: this answer is not a quote of it.</small>'
     evidence, text = turn.evidence, document.text
