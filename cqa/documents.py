@@ -105,13 +105,18 @@ def load_document_bytes(data: bytes, filename: str) -> Document:
     if len(data) > MAX_FILE_BYTES:
         raise DocumentError(
             f"{name} is {len(data) / 1e6:.1f} MB; the limit is {_megabytes(MAX_FILE_BYTES)}. {LIMITS_TEXT} "
-            "Upload a shorter document (the model reads only about the first 7,000 tokens anyway)."
+            "Upload a shorter document (the model reads at most 7,000 tokens of it anyway)."
         )
     if not data.strip():
         raise DocumentError(f"{name} is empty. Upload a file with some text in it.")
     raw = _decode_upload(data, name, html=suffix in (".html", ".htm"))
     if suffix in (".html", ".htm"):
         title, text = html_to_text(raw)
+        if not _tidy(text) and raw.count("<") > 256:  # libxml2 gives up past 256 nested elements
+            raise DocumentError(
+                f"{name}: no text could be read from its HTML (is it nested more than 256 levels deep?). "
+                "Open it in a browser and paste its text instead."
+            )
     elif suffix in (".md", ".markdown"):
         title, text = markdown_to_text(raw, name)
     else:
@@ -143,7 +148,7 @@ def _document(
     if len(text) > MAX_CHARACTERS:
         raise DocumentError(
             f"{name} has {len(text):,} characters of text; the limit is {MAX_CHARACTERS:,}. "
-            "Use a shorter document (the model reads only about the first 7,000 tokens anyway)."
+            "Use a shorter document (the model reads at most 7,000 tokens of it anyway)."
         )
     title = clean_line(title or "") or clean_line(text[: 4 * TITLE_MAX_CHARACTERS].split("\n", 1)[0])
     if len(title) > TITLE_MAX_CHARACTERS:
@@ -560,6 +565,14 @@ def _resolve(host: str, port: int, shown: str) -> list[ipaddress.IPv4Address | i
     return list(addresses)
 
 
+# Special-purpose ranges that Python 3.11's is_global still calls global: IETF protocol assignments
+# (192.0.0.0/24, e.g. 192.0.0.8), the deprecated 6to4 relay anycast (192.88.99.0/24), IPv6 documentation
+# (3fff::/20, 2001:db8::/32).
+_NOT_PUBLIC = tuple(
+    ipaddress.ip_network(n) for n in ("192.0.0.0/24", "192.88.99.0/24", "3fff::/20", "2001:db8::/32")
+)
+
+
 def _refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopback: bool) -> str | None:
     """Why ``address`` must not be fetched from, or None. IPv4 inside IPv6 is judged as IPv4."""
     if isinstance(address, ipaddress.IPv6Address):
@@ -577,6 +590,10 @@ def _refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopb
         (address.is_private, "a private address"),
         (address.is_reserved, "a reserved address"),
         (not address.is_global, "not a public address"),
+        (
+            any(address in network for network in _NOT_PUBLIC if network.version == address.version),
+            "a special-purpose address",
+        ),
     ):
         if test:
             return reason
@@ -591,7 +608,7 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
         self._address = address
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self.socket = socket.create_connection((self._address, self.port), self.timeout)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
@@ -603,7 +620,7 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self.socket = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
 def fetch_url(
@@ -674,8 +691,12 @@ def _get(target: CheckedURL, deadline: float, max_bytes: int) -> tuple[int, http
 
 
 def _shut_down(connection: http.client.HTTPConnection) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        connection.sock.shutdown(socket.SHUT_RDWR)
+    # Our own reference: http.client sets connection.sock to None once the response is being read from a
+    # server that ends it by closing the connection, which is exactly when a slow drip must be cut.
+    sock = getattr(connection, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _check_response_headers(url: str, response: http.client.HTTPResponse, max_bytes: int) -> None:
@@ -699,7 +720,7 @@ def _check_response_headers(url: str, response: http.client.HTTPResponse, max_by
 
 def _read_body(url: str, response: http.client.HTTPResponse, max_bytes: int, deadline: float) -> bytes:
     chunks, size = [], 0
-    while chunk := response.read(65_536):
+    while chunk := response.read1(65_536):  # what has arrived, not 64 kB: the deadline is checked often
         size += len(chunk)
         if size > max_bytes:
             raise DocumentError(
@@ -709,6 +730,8 @@ def _read_body(url: str, response: http.client.HTTPResponse, max_bytes: int, dea
         if time.monotonic() > deadline:
             raise TimeoutError
         chunks.append(chunk)
+    if time.monotonic() > deadline:  # the watchdog shut the socket: an end of the body, not the real one
+        raise TimeoutError
     return b"".join(chunks)
 
 
@@ -718,6 +741,10 @@ _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0
 def _page_document(url: str, headers: http.client.HTTPMessage, body: bytes) -> Document:
     kind = headers.get_content_type()
     text = _decode_page(body, headers.get_content_charset(), sniff_meta=kind != "text/plain")
+    if "\x00" in text:  # an image or archive served as text/html (UTF-16 pages decode without NULs)
+        raise DocumentError(
+            f"{clean_line(url)[:200]} is not a web page: it holds binary data. Check the address."
+        )
     name = clean_line(url)
     if kind == "text/plain":
         return _document(_tidy(text), None, name, source=name)
@@ -743,8 +770,13 @@ def _decode_page(body: bytes, charset: str | None, sniff_meta: bool) -> str:
             charset = codec
     if not charset and sniff_meta:
         charset = _declared_charset(body)
+    if not charset:
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:  # no charset and not UTF-8: the web's legacy default, as browsers read it
+            return body.decode("windows-1252", errors="replace")
     try:
-        return body.decode(charset or "utf-8", errors="replace")
+        return body.decode(charset, errors="replace")
     except LookupError:  # a charset Python does not know
         return body.decode("utf-8", errors="replace")
 
