@@ -130,12 +130,36 @@ def test_cli_export_with_int8(tiny_dir, tmp_path):
     assert report["agreement"] == sum(report["greedy_equal"]) / 3
     assert report["settings"]["weight_type"] == "QInt8"
     assert "dynamic int8" in (int8_dir / "README.md").read_text()
+    # With fp32's tokens forced: logits within a few percent (the figure that holds on an untrained model).
+    assert len(report["max_relative_error"]) == len(report["top_token_equal"]) == 3
+    assert all(0 < e <= export.INT8_MAX_RELATIVE_ERROR for e in report["max_relative_error"])
+    assert report["logits_close"] and all(0.0 <= t <= 1.0 for t in report["top_token_equal"])
 
     # The runtime loads the int8 folder like any export folder, and knows its files are int8.
     generator = Seq2SeqGenerator.load(int8_dir, threads=1)
     assert generator.files.quantized and not Seq2SeqGenerator.load(out, threads=1).files.quantized
     answer = generator.generate(build_model_input(CONTEXT, [], QUESTION), 8)
     assert answer.done and answer.output_tokens > 0
+
+    # A wrong quantization (one weight scale of one layer off by 2x) is far outside the tolerance.
+    broken = tmp_path / "broken-int8"
+    shutil.copytree(int8_dir, broken)
+    for name in ("decoder_model.onnx", "decoder_with_past_model.onnx"):
+        _double_weight_scale(broken / name, "block.0/layer.2/DenseReluDense/wo")
+    figures = export.compare_int8(out, broken, lengths=(8, 300))
+    assert min(figures["max_relative_error"]) > 2 * export.INT8_MAX_RELATIVE_ERROR, figures
+
+
+def _double_weight_scale(path: Path, node_name_part: str) -> None:
+    """Double the int8 weight scale of the quantized MatMul whose name contains ``node_name_part``."""
+    model = onnx.load(str(path))
+    initializers = {i.name: i for i in model.graph.initializer}
+    node = next(
+        n for n in model.graph.node if node_name_part in n.name and n.op_type != "DynamicQuantizeLinear"
+    )
+    scale = next(initializers[x] for x in node.input if x.endswith("_scale") and x in initializers)
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * 2, scale.name))
+    onnx.save(model, str(path))
 
 
 @pytest.mark.slow
