@@ -250,3 +250,30 @@ def test_a_local_folder_is_never_taken_for_a_repo_id(tmp_path, monkeypatch):
     (tmp_path / "org" / "name").mkdir(parents=True)
     assert export.resolve_checkpoint("org/name") == Path("org/name")
     assert export.resolve_checkpoint(tmp_path / "missing") == tmp_path / "missing"  # not "org/name"-shaped
+
+
+def test_int8_integer_products_are_exact_on_this_cpu():
+    # int8 answers can only differ between CPUs (VNNI, AMX...) if ONNX Runtime's u8 x s8 products do:
+    # they must equal the exact integer products (no int16 saturation: what reduce_range works around).
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    for m, k, n in [(7, 32, 32), (300, 32, 64), (16, 32, 32_128), (64, 768, 2048)]:  # tiny model, LM head
+        graph = helper.make_graph(
+            [helper.make_node("MatMulInteger", ["a", "b", "a_zero"], ["y"])],
+            "matmul_integer",
+            [
+                helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k]),
+                helper.make_tensor_value_info("b", TensorProto.INT8, [k, n]),
+                helper.make_tensor_value_info("a_zero", TensorProto.UINT8, []),
+            ],
+            [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        a = rng.integers(0, 256, (m, k), dtype=np.uint8)
+        b = rng.integers(-128, 128, (k, n), dtype=np.int8)
+        zero = np.array(131, dtype=np.uint8)
+        (got,) = session.run(None, {"a": a, "b": b, "a_zero": zero})
+        np.testing.assert_array_equal(got, (a.astype(np.int64) - 131) @ b.astype(np.int64))
