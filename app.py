@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import html
 import logging
+import math
 import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -392,7 +394,9 @@ def build_app(
                     yield {
                         notice: f"Waiting for the model: {ahead} question{'s' * (ahead != 1)} ahead of yours."
                     }
-                yield {notice: ""}
+                # The cut's notice now, not at the end: a notice shown meanwhile (a second question kept in
+                # the box) must stay on the page after the answer.
+                yield {notice: warning(prepared.fitted.notice) if prepared.fitted.truncated else ""}
                 try:
                     final = None
                     for final in chat_rules.stream(prepared):
@@ -430,25 +434,49 @@ def build_app(
                 **shown(new),
                 **model_input_info(prepared),  # again: an API client reads the last update only
                 download: download_button(new, key),
-                notice: warning(prepared.fitted.notice) if prepared.fitted.truncated else "",
                 details: details_of(prepared, final, new.turns[-1], stored=True),
+            }
+
+        def forgotten_notice(key: str) -> dict | None:
+            """A returning visitor whose conversation expired or was evicted: say so and show the page as
+            it now is (the default document, an empty chat) instead of silently answering about another
+            document. Their question stays in the box."""
+            if not sessions.was_forgotten(key):
+                return None
+            conversation = sessions.get(key)  # starts over
+            hours = session_ttl / 3600
+            message = (
+                f"This conversation was forgotten (after {hours:g} h without a question, or because the "
+                "server holds a limited number), so the page is back on the default document. Your question "
+                "is still in the box: send it again, or choose your document again first."
+            )
+            return {
+                **shown(conversation),
+                header_html: header(conversation.document),
+                notice: warning(message),
             }
 
         def ask(question_text: str, request: gr.Request) -> Iterator[dict]:
             key = request.session_hash
+            if (forgotten := forgotten_notice(key)) is not None:
+                yield forgotten
+                return
             stored = sessions.get(key)
             try:
                 prepared = chat_rules.prepare(stored, question_text)
             except QuestionRejected as error:
                 yield {notice: warning(str(error))}  # the question stays in its box
                 return
-            if not sessions.begin_generation(key):
-                yield {
-                    notice: warning(
-                        "Your previous question is still being answered. This one stays in "
-                        "the box: send it when that answer is done."
-                    )
-                }
+            if not sessions.begin_generation(key, prepared.question):
+                if sessions.generating(key) == prepared.question:  # Enter pressed twice, Send clicked
+                    yield {notice: "That question is being answered."}
+                else:
+                    yield {
+                        notice: warning(
+                            "Your previous question is still being answered. This one stays "
+                            "in the box: send it when that answer is done."
+                        )
+                    }
                 return
             try:
                 yield from answer(key, stored, prepared, request)
@@ -457,6 +485,9 @@ def build_app(
 
         def retry(request: gr.Request) -> Iterator[dict]:
             key = request.session_hash
+            if (forgotten := forgotten_notice(key)) is not None:
+                yield forgotten
+                return
             stored = sessions.get(key)
             if not stored.turns:
                 yield {notice: warning("Nothing to retry yet: ask a question first.")}
@@ -527,6 +558,7 @@ def build_app(
 
         # --- wiring ---
         chat_outputs = [
+            header_html,  # a conversation that was forgotten is back on the default document
             chatbot,
             question,
             notice,
@@ -537,11 +569,11 @@ def build_app(
             document_view,
             download,
         ]
-        document_outputs = [header_html, document_status, *chat_outputs]
+        document_outputs = [document_status, *chat_outputs]
         # Many questions may wait (GenerationSlot keeps the order and answers one at a time); "multiple":
         # a question sent while another is answered reaches ask(), which keeps it in the box with a notice.
         generate = {
-            "concurrency_limit": queue_size + 1,
+            "concurrency_limit": None,  # GenerationSlot keeps the line: its length, its order, "busy"
             "concurrency_id": "chat",
             "trigger_mode": "multiple",
             "show_progress_on": [chatbot],
@@ -646,6 +678,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Libraries' chatter that says nothing to whoever runs the app: per-request deprecation warnings
+    # (Starlette via Gradio), bm25s's progress lines, trafilatura's notes on each page's markup.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name, level in (
+        ("bm25s", logging.WARNING),
+        ("trafilatura", logging.ERROR),
+        ("htmldate", logging.ERROR),
+    ):
+        logging.getLogger(name).setLevel(level)
     try:
         document = load_document_file(args.context)
     except DocumentError as error:
@@ -687,7 +728,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     # Gradio's own queue holds what our generation slot's line cannot (it rarely fills).
     demo.queue(max_size=args.queue_size)
-    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES)
+    # In Gradio's unit (MiB, which its message calls "Mb"), rounded up: a file between our limit and
+    # Gradio's gets our message, which names the limits as the page does.
+    upload_limit = f"{math.ceil(MAX_UPLOAD_BYTES / 2**20)}mb"
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=upload_limit)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from itertools import count
 
-from cqa.documents import Document
+from cqa.documents import Document, clean_line
 from cqa.evidence import Evidence, find_evidence
 from cqa.format import DEFAULT_MAX_INPUT_TOKENS, DEFAULT_TURNS, FittedInput, dialogue_part, fit_model_input
 from cqa.generator import Answer, Seq2SeqGenerator
@@ -162,7 +162,7 @@ class Chat:
 class _Session:
     conversation: Conversation
     last_used: float
-    generating: bool = False
+    generating: str | None = None  # the question being answered, if any
 
 
 class Sessions:
@@ -183,6 +183,7 @@ class Sessions:
         self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
         self._last_sweep = 0.0
+        self._forgotten: OrderedDict[str, None] = OrderedDict()  # recently expired keys (keys only)
 
     def __len__(self) -> int:
         with self._lock:
@@ -191,17 +192,24 @@ class Sessions:
 
     def _expire(self, now: float) -> None:
         # Sessions generating right now stay: their answer is on its way to someone.
-        before = len(self._sessions)
-        for key in [k for k, s in self._sessions.items() if now - s.last_used > self.ttl_seconds]:
-            if not self._sessions[key].generating:
-                del self._sessions[key]
+        expired = [k for k, s in self._sessions.items() if now - s.last_used > self.ttl_seconds]
+        forgotten = [k for k in expired if not self._sessions[k].generating]
+        for key in forgotten:
+            self._forget(key)
         while len(self._sessions) > self.capacity:
             oldest = next((k for k, s in self._sessions.items() if not s.generating), None)
             if oldest is None:
                 break
-            del self._sessions[oldest]
-        if len(self._sessions) < before:
+            self._forget(oldest)
+            forgotten.append(oldest)
+        if forgotten:
             _return_freed_memory()
+
+    def _forget(self, key: str) -> None:
+        del self._sessions[key]
+        self._forgotten[key] = None  # keys only: enough to tell a returning visitor what happened
+        while len(self._forgotten) > 10 * self.capacity:
+            self._forgotten.popitem(last=False)
 
     def _session(self, key: str) -> _Session:
         now = time.monotonic()
@@ -211,6 +219,7 @@ class Sessions:
         session = self._sessions.get(key)
         if session is None:
             session = self._sessions[key] = _Session(Conversation(self.default_document), now)
+            self._forgotten.pop(key, None)
         session.last_used = now
         self._sessions.move_to_end(key)
         return session
@@ -218,6 +227,19 @@ class Sessions:
     def get(self, key: str) -> Conversation:
         with self._lock:
             return self._session(key).conversation
+
+    def was_forgotten(self, key: str) -> bool:
+        """Whether ``key``'s conversation expired or was evicted (it would start over now)."""
+        with self._lock:
+            if key not in self._forgotten and key in self._sessions:
+                self._expire(time.monotonic())
+            return key in self._forgotten
+
+    def generating(self, key: str) -> str | None:
+        """The question the session's answer in progress is for, if any."""
+        with self._lock:
+            session = self._sessions.get(key)
+            return session.generating if session else None
 
     def set(self, key: str, conversation: Conversation) -> None:
         with self._lock:
@@ -232,19 +254,19 @@ class Sessions:
             session.conversation = new
             return True
 
-    def begin_generation(self, key: str) -> bool:
-        """Claim the session's one pending generation; False when it already has one."""
+    def begin_generation(self, key: str, question: str = "?") -> bool:
+        """Claim the session's one pending generation for ``question``; False when it already has one."""
         with self._lock:
             session = self._session(key)
             if session.generating:
                 return False
-            session.generating = True
+            session.generating = question
             return True
 
     def end_generation(self, key: str) -> None:
         with self._lock:
             if key in self._sessions:
-                self._sessions[key].generating = False
+                self._sessions[key].generating = None
                 self._sessions[key].last_used = time.monotonic()
 
 
@@ -342,7 +364,9 @@ def conversation_markdown(conversation: Conversation, model: str = "") -> str:
     if not conversation.turns:
         lines += ["(No questions yet.)", ""]
     for number, turn in enumerate(conversation.turns, 1):
-        lines += [f"## {number}. {turn.question}", "", turn.answer or "(no answer)", ""]
+        # One line each, control characters dropped: a question cannot add headings or reorder the file.
+        question, answer = (" ".join(clean_line(text).split()) for text in (turn.question, turn.answer))
+        lines += [f"## {number}. {question}", "", answer or "(no answer)", ""]
         if turn.evidence is not None:
             page = document.page_at(turn.evidence.start)
             where = f" (page {page})" if page else ""

@@ -56,6 +56,7 @@ def new_client(url: str) -> Client:
 
 
 CHAT_OUTPUTS = (
+    "header",
     "chatbot",
     "question_box",
     "notice",
@@ -66,10 +67,12 @@ CHAT_OUTPUTS = (
     "document_view",
     "download",
 )
-DOCUMENT_OUTPUTS = ("header", "status", *CHAT_OUTPUTS)
+DOCUMENT_OUTPUTS = ("status", *CHAT_OUTPUTS)
 
 
-SKIPPED = {"__type__": "update"}  # an output that an update left as it was
+def skipped(output) -> bool:
+    """Whether an update left this output as it was (gradio_client's form of gr.skip())."""
+    return isinstance(output, dict) and output.get("__type__") == "update"
 
 
 def named(outputs, names=CHAT_OUTPUTS) -> dict:
@@ -112,8 +115,8 @@ def test_four_turns_model_input_holds_the_last_two(server):
     assert questions[0] not in details["model_input"]
     assert result["dialogue"] == expected[len(DOCUMENT.text) :]
     assert len(result["chatbot"]) == 8  # the whole conversation stays on screen
-    assert result["question_box"] == SKIPPED  # the box was cleared once, when the question was taken
-    assert result["notice"] == ""
+    assert skipped(result["question_box"])  # the box was cleared once, when the question was taken
+    assert skipped(result["notice"])  # nothing to say: no notice
 
 
 def test_second_turn_uses_the_first(server):
@@ -163,7 +166,7 @@ def test_empty_and_huge_questions_get_a_message_and_lose_nothing(server):
     assert f"limit is {MAX_QUESTION_TOKENS:,}" in huge["notice"]
 
     after = chat(client, "What do they eat?")
-    assert after["notice"] == ""
+    assert skipped(after["notice"])  # (its first update, when the question was taken, cleared the notice)
     assert after["details"]["model_input"].endswith(
         f"<Q1> Where do sea otters live? <A1> {first['text']} <Q> What do they eat? <A> "
     )
@@ -177,8 +180,7 @@ def test_oversized_document_keeps_the_passages_related_to_the_question(server, g
     long_text = "\n\n".join(paragraphs)
     use(client, long_text, api_name="/use_text")
     result = chat(client, "Which river did the zebra herd cross?")
-    assert "passages most related to your question" in result["notice"]
-    assert "passages most related to your question" in result["input_info"]
+    assert "passages most related to your question" in result["input_info"]  # (and on the page's notice)
     details = result["details"]
     assert details["truncated"] and details["done"] and details["context_strategy"] == "relevant"
     assert "The zebra herd crossed the Mara river at dawn." in details["model_input"]  # the end, kept
@@ -192,7 +194,7 @@ def test_oversized_document_keeps_the_passages_related_to_the_question(server, g
 def test_clear_resets_the_conversation(server):
     client = new_client(server)
     chat(client, "Where do sea otters live?")
-    chatbot, *_ = client.predict(api_name="/clear")
+    chatbot = named(client.predict(api_name="/clear"))["chatbot"]
     assert chatbot == []
     model_input = chat(client, "What do they eat?")["details"]["model_input"]
     assert model_input == build_model_input(DOCUMENT.text, [], "What do they eat?")
@@ -410,10 +412,13 @@ def test_a_question_sent_while_one_is_answered_is_kept_with_a_notice(slow):
     before = calls(generator)
     first = client.submit("Where do sea otters live?", api_name="/chat")
     wait_until_generating(generator, before)
+    again = chat(client, "Where do sea otters live?")  # Enter pressed twice
+    assert again["notice"] == "That question is being answered."
     second = chat(client, "What do they eat?")
     assert "still being answered" in second["notice"] and "stays in the box" in second["notice"]
     done = named(first.result(timeout=60))
     assert done["details"]["done"] and done["details"]["stored"]
+    assert skipped(done["notice"])  # the finished answer leaves that notice on the page
     assert len(done["chatbot"]) == 2  # the second question did not enter the conversation
     assert calls(generator) == before + 1  # and it never reached the model
 
@@ -610,3 +615,33 @@ def test_a_stock_export_is_served_with_a_notice_on_how_to_make_it_fast(published
         assert "stock ONNX export" in header and FAST_EXPORT_COMMAND in header
         assert "CPU: " in header
         assert chat(client, "Where do sea otters live?")["details"]["done"]  # and it answers
+
+
+@pytest.mark.slow
+def test_a_full_line_gets_the_apps_busy_message(tiny_dir):
+    generator = SlowGenerator.load(tiny_dir / "onnx", threads=1)
+    demo = build_app(generator, DOCUMENT, max_input_tokens=MAX_INPUT_TOKENS, max_new_tokens=20, queue_size=1)
+    with serving(demo) as url:
+        first = new_client(url).submit("alpha", api_name="/chat")
+        wait_until_generating(generator, 0)
+        second = new_client(url).submit("beta", api_name="/chat")  # waits: the line holds one
+        time.sleep(1.0)
+        third = chat(new_client(url), "gamma")
+        assert "The app is busy" in third["notice"] and "Your question stays in the box" in third["notice"]
+        assert named(first.result(timeout=60))["details"]["done"]
+        assert named(second.result(timeout=60))["details"]["done"]
+
+
+def test_a_forgotten_conversation_is_said_so_and_nothing_is_answered_about_another_document(generator):
+    demo = build_app(generator, DOCUMENT, max_input_tokens=MAX_INPUT_TOKENS, max_new_tokens=4, session_ttl=1)
+    with serving(demo) as url:
+        client = new_client(url)
+        use(client, "Zebras\n\nZebras have stripes.", api_name="/use_text")
+        assert "Zebras have stripes." in chat(client, "What do zebras have?")["details"]["model_input"]
+        time.sleep(2.5)  # past the time to live
+        late = chat(client, "And their colour?")
+        assert "This conversation was forgotten" in late["notice"] and "still in the box" in late["notice"]
+        assert "Otters" in late["header"] and late["chatbot"] == []
+        assert skipped(late["details"])  # nothing was answered
+        again = chat(client, "And their colour?")["details"]["model_input"]
+        assert again == build_model_input(DOCUMENT.text, [], "And their colour?")

@@ -218,6 +218,7 @@ def test_a_question_sent_while_answering_stays_in_the_box_then_is_answered(slow_
     slow_page.locator("#notice").filter(has_text="still being answered").wait_for()
     assert box.input_value() == "Which model does it use?"  # not dropped
     answered(slow_page, 1)
+    assert "still being answered" in slow_page.locator("#notice").inner_text()  # the notice stays too
     box.press("Enter")
     answered(slow_page, 2)
     users = slow_page.locator('#chatbot [data-testid="user"]')

@@ -17,6 +17,7 @@ from cqa.chat import (
     GenerationSlot,
     QuestionRejected,
     Sessions,
+    Turn,
     conversation_markdown,
 )
 from cqa.documents import Document
@@ -213,3 +214,21 @@ def test_a_ticket_that_leaves_while_waiting_frees_its_place():
     assert waiter.ahead == 1
     holder.leave()
     assert waiter.wait(1)
+
+
+def test_the_markdown_file_keeps_each_question_on_one_line():
+    turn = Turn("What?\n\n# Injected heading\u202e", "An answer\x00 with\nbreaks", 1.0, 10, 3)
+    text = conversation_markdown(Conversation(DOCUMENT, turns=(turn,)))
+    assert "## 1. What? # Injected heading\n" in text
+    assert "\n# Injected" not in text and "\u202e" not in text and "\x00" not in text
+    assert "An answer with breaks" in text
+
+
+def test_a_forgotten_session_is_remembered_as_such():
+    sessions = Sessions(DOCUMENT, ttl_seconds=0.2, capacity=10)
+    sessions.get("alice")
+    assert not sessions.was_forgotten("alice") and not sessions.was_forgotten("a new visitor")
+    time.sleep(0.3)
+    assert sessions.was_forgotten("alice")
+    sessions.get("alice")  # starts over
+    assert not sessions.was_forgotten("alice")
