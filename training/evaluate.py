@@ -110,7 +110,7 @@ def evaluate_model(
     "predictions": [{"id", "prediction", "answers", "exact", "f1"}]}; with ``out``, also writes
     OUT/predictions.jsonl and OUT/metrics.json (the same without the predictions).
     """
-    from training.metrics import answer_scores, score
+    from training.metrics import SCORE_NAME, answer_scores, score
 
     if quantized and not onnx:
         raise ValueError("--quantized applies to an ONNX export: add --onnx")
@@ -128,6 +128,7 @@ def evaluate_model(
     references = [list(e["answers"]) for e in examples]
     metrics = {
         **score(predictions, references),
+        "metric": SCORE_NAME,
         "examples": len(examples),
         "seconds": seconds,
         "seconds_per_example": seconds / max(1, len(examples)),

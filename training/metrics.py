@@ -78,6 +78,13 @@ def compute_f1(gold: str, prediction: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+# What ``score`` measures, as results.json, metrics.json and the model card name it.
+SCORE_NAME = (
+    "token F1 and exact match in percent, SQuAD 2.0 rules: normalized answers, the max over the gold "
+    "answers, the no-answer text scored as the official empty answer"
+)
+
+
 def as_empty_if_no_answer(text: str, no_answer: str | None = NO_ANSWER) -> str:
     """ "" (the official "no answer") for the model's no-answer text, compared normalized; else ``text``."""
     if no_answer is not None and normalize_answer(text) == normalize_answer(no_answer):

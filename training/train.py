@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from cqa.format import ADDED_TOKENS, NO_ANSWER, dialogue_part, fit_model_input
+from training.metrics import SCORE_NAME
 
 logger = logging.getLogger("training.train")
 
@@ -460,9 +461,26 @@ def decode(tokenizer, sequences) -> list[str]:
     return [text.strip() for text in texts]
 
 
+# Ties in F1 go to the lower validation loss, by a margin far below any F1 difference that matters (a
+# loss under 100 moves the score by less than 1e-5 F1 points). Early stopping ignores such margins.
+LOSS_TIE_BREAK = 1e-7
+TIE_MARGIN = 1e-4
+
+
+def selection_score(f1: float, losses) -> float:
+    """What picks the best checkpoint: the F1, and among equal F1s the lower validation loss (a random
+    smoke model scores 0 F1 at every evaluation: the best one is then the most trained, not the first)."""
+    import numpy as np
+
+    if losses is None or not np.size(losses):
+        return f1
+    loss = float(np.mean(losses))
+    return f1 - LOSS_TIE_BREAK * min(loss, 100.0) if math.isfinite(loss) else f1
+
+
 def make_compute_metrics(tokenizer, references: list[list[str]], no_answer: str = NO_ANSWER):
     """compute_metrics for the trainer: F1 and exact match of the generated answers, in percent
-    (``METRIC``: the no-answer text counts as the official empty answer)."""
+    (training.metrics.SCORE_NAME: the no-answer text counts as the official empty answer)."""
     from training.metrics import score
 
     def compute_metrics(prediction) -> dict[str, float]:
@@ -475,7 +493,8 @@ def make_compute_metrics(tokenizer, references: list[list[str]], no_answer: str 
         # Were there more (a gather that keeps the repeats), the real ones come first.
         if len(texts) < len(references):
             raise RuntimeError(f"{len(texts)} predictions for {len(references)} validation examples")
-        return score(texts[: len(references)], references, no_answer=no_answer)
+        scores = score(texts[: len(references)], references, no_answer=no_answer)
+        return {**scores, "selection": selection_score(scores["f1"], prediction.losses)}
 
     return compute_metrics
 
@@ -494,6 +513,7 @@ def eval_history(log_history: list[dict]) -> list[dict]:
             "f1": e["eval_f1"],
             "exact": e["eval_exact"],
             "loss": e.get("eval_loss"),
+            "selection": e.get("eval_selection", e["eval_f1"]),  # F1, ties broken by the loss
         }
         for e in log_history
         if "eval_f1" in e
@@ -511,7 +531,7 @@ def _epoch_log_callback():
                 return
             history = eval_history(state.log_history)
             best = (
-                max(history, key=lambda e: e["f1"])
+                max(history, key=lambda e: e["selection"])
                 if history
                 else {"f1": metrics["eval_f1"], "step": state.global_step}
             )
@@ -685,13 +705,6 @@ def write_fp32_from_zero_checkpoint(model, checkpoint: str | Path, out: str | Pa
     logger.info("%s: fp32 weights from the ZeRO checkpoint %s", out, Path(checkpoint).name)
 
 
-# The figure that picks the best checkpoint, as results.json and the model card name it.
-METRIC = (
-    "token F1 and exact match in percent, SQuAD 2.0 rules: normalized answers, the max over the gold "
-    "answers, the no-answer text scored as the official empty answer"
-)
-
-
 # --- training ------------------------------------------------------------------------------------
 
 
@@ -750,7 +763,8 @@ def training_arguments(recipe: Recipe):
         load_best_model_at_end=True,
         # --resume brings back the callbacks' state too (early stopping's patience counter)
         restore_callback_states_from_checkpoint=True,
-        metric_for_best_model="f1",
+        metric_for_best_model="selection",  # F1, ties broken by the loss (selection_score)
+        include_for_metrics=["loss"],
         greater_is_better=True,
         predict_with_generate=True,
         seed=recipe.seed,
@@ -881,7 +895,11 @@ def _train_stage(recipe: Recipe, callbacks: Sequence[typing.Any]) -> dict:
 
     extra = [_epoch_log_callback(), _non_finite_loss_callback(), *callbacks]
     if recipe.early_stopping_patience:
-        extra.append(EarlyStoppingCallback(early_stopping_patience=recipe.early_stopping_patience))
+        extra.append(
+            EarlyStoppingCallback(
+                early_stopping_patience=recipe.early_stopping_patience, early_stopping_threshold=TIE_MARGIN
+            )
+        )
     trainer = Seq2SeqTrainer(
         model=model,
         args=args,
@@ -911,7 +929,7 @@ def _train_stage(recipe: Recipe, callbacks: Sequence[typing.Any]) -> dict:
         "best_trainer_checkpoint": best_checkpoint,
         "f1": best["f1"],
         "exact": best["exact"],
-        "metric": METRIC,
+        "metric": SCORE_NAME,  # the figure that picked the best checkpoint
         "epochs": trainer.state.epoch,
         "global_step": trainer.state.global_step,
         "seconds": time.perf_counter() - started,
