@@ -25,8 +25,7 @@ out/demo/onnx/config.json: .venv/.installed training/tiny.py
 
 # What cqa.hub.FAST_EXPORT_COMMAND says, in .venv (needs the Hub; the export's parity gate takes minutes).
 fast-model: .venv/.installed
-	.venv/bin/hf download tryolabs/long-t5-tglobal-base-blogpost-cqa --local-dir out/published
-	.venv/bin/python -m training.export out/published out/fast --quantize int8
+	.venv/bin/python -m training.export tryolabs/long-t5-tglobal-base-blogpost-cqa out/fast --quantize int8
 	@echo 'Serve it: make run ARGS="--model out/fast-int8", or push out/fast-int8 to the Hub and set MODEL_ID.'
 
 test: .venv/.installed

@@ -41,10 +41,7 @@ HOW_TO_FIX = (
 # that makes that fast copy from the published PyTorch checkpoint (`make fast-model` runs it in .venv):
 PUBLISHED_CHECKPOINT = "tryolabs/long-t5-tglobal-base-blogpost-cqa"
 FAST_EXPORT_FOLDER = "out/fast-int8"  # where FAST_EXPORT_COMMAND writes the int8 export
-FAST_EXPORT_COMMAND = (
-    f"hf download {PUBLISHED_CHECKPOINT} --local-dir out/published && "
-    "python -m training.export out/published out/fast --quantize int8"
-)
+FAST_EXPORT_COMMAND = f"python -m training.export {PUBLISHED_CHECKPOINT} out/fast --quantize int8"
 # training/onnx_patches.py's finalize_encoder puts each layer's fused attention in this model-local
 # function: its presence in the encoder is what marks a fast export.
 FAST_ATTENTION_FUNCTION = ("cqa", "BlockAttention")  # (domain, name)

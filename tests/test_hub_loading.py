@@ -182,8 +182,7 @@ def test_the_commands_the_messages_advise_exist():
     assert "-m training.tiny out/demo" in demo.stdout and "app.py --model out/demo/onnx" in demo.stdout
     fast = subprocess.run(["make", "-n", "fast-model"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert fast.returncode == 0, fast.stderr
-    download, export = FAST_EXPORT_COMMAND.split(" && ")
-    assert download in fast.stdout and export.removeprefix("python ") in fast.stdout
+    assert FAST_EXPORT_COMMAND.removeprefix("python ") in fast.stdout
 
 
 def test_incomplete_snapshot_names_the_missing_files(tiny_dir, tmp_path):
