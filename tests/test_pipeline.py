@@ -174,7 +174,8 @@ def test_smoke_pipeline_end_to_end_and_resume(tmp_path):
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
     try:
         client = Client(url, verbose=False)
-        details = client.predict("How many conversations are in TryoCoQA?", api_name="/chat")[-1]
+        outputs = client.predict("How many conversations are in TryoCoQA?", api_name="/chat")
+        details = next(o for o in outputs if isinstance(o, dict) and "model_input" in o)  # the answer's
     finally:
         demo.close()
     assert details["done"] and details["output_tokens"] > 0
