@@ -387,7 +387,7 @@ def build_app(
                     if watch.gone():
                         log.info("a client stopped listening while waiting; its question is dropped")
                         return
-                    if sessions.get(key) is not stored:
+                    if not sessions.holds(key, stored):
                         yield not_kept()
                         return
                     ahead = ticket.ahead
@@ -400,7 +400,7 @@ def build_app(
                 try:
                     final = None
                     for final in chat_rules.stream(prepared):
-                        if sessions.get(key) is not stored:
+                        if not sessions.holds(key, stored):
                             yield not_kept(final)
                             return
                         pending = messages(

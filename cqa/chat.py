@@ -213,7 +213,7 @@ class Sessions:
 
     def _session(self, key: str) -> _Session:
         now = time.monotonic()
-        if now - self._last_sweep > min(1.0, self.ttl_seconds) or len(self._sessions) >= self.capacity:
+        if now - self._last_sweep > min(1.0, self.ttl_seconds) or len(self._sessions) > self.capacity:
             self._expire(now)  # a sweep per second at most: an answer checks its session at every token
             self._last_sweep = now
         session = self._sessions.get(key)
@@ -227,6 +227,13 @@ class Sessions:
     def get(self, key: str) -> Conversation:
         with self._lock:
             return self._session(key).conversation
+
+    def holds(self, key: str, conversation: Conversation) -> bool:
+        """Whether the session still holds ``conversation`` (no clear, no new document since). Cheap: an
+        answer asks at every token, so this neither sweeps nor touches the session."""
+        with self._lock:
+            session = self._sessions.get(key)
+            return session is not None and session.conversation is conversation
 
     def was_forgotten(self, key: str) -> bool:
         """Whether ``key``'s conversation expired or was evicted (it would start over now)."""

@@ -215,6 +215,11 @@ def resolve_model_dir(
     return model_id, _download(model_id, quantized, revision)
 
 
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE is set, as huggingface_hub reads it (errors then name the cache)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
 def _download(repo_id: str, quantized: bool, revision: str | None) -> Path:
     # Imported here, not at the top: huggingface_hub reads HF_HUB_OFFLINE and the cache folder on import.
     from huggingface_hub import snapshot_download
@@ -238,8 +243,7 @@ def _download(repo_id: str, quantized: bool, revision: str | None) -> Path:
     except (OSError, ValueError) as error:
         # OSError covers the Hub's errors (missing repo, revision, network, offline cache miss:
         # all subclasses of requests' IOError or of OSError); ValueError a malformed repo id.
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        where = " (HF_HUB_OFFLINE is set, so only the local Hub cache was searched)" if offline else ""
+        where = " (HF_HUB_OFFLINE is set, so only the local Hub cache was searched)" if hub_offline() else ""
         revision_text = f" at revision {revision!r}" if revision else ""
         raise ModelLoadError(
             f"Could not get model {repo_id!r}{revision_text} from the Hugging Face Hub{where}, and there is "

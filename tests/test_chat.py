@@ -125,7 +125,9 @@ def test_sessions_are_separate_and_a_stale_answer_loses_to_a_clear():
     alice, bob = sessions.get("alice"), sessions.get("bob")
     assert alice is not bob and alice.id != bob.id
     started_from = alice
+    assert sessions.holds("alice", started_from)
     sessions.set("alice", alice.cleared())  # the visitor pressed Clear while the answer was written
+    assert not sessions.holds("alice", started_from) and not sessions.holds("nobody", started_from)
     late = Conversation(DOCUMENT, turns=())
     assert not sessions.replace("alice", started_from, late)
     assert sessions.get("alice") is not late

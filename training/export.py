@@ -39,7 +39,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import sys
@@ -48,6 +47,8 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from cqa.hub import hub_offline
 
 log = logging.getLogger("training.export")
 
@@ -207,8 +208,7 @@ def _download_checkpoint(repo_id: str, revision: str | None) -> Path:
         if not any(folder.glob("*.safetensors")):  # an older repo: PyTorch .bin weights only
             folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_patterns(False)))
     except (OSError, ValueError) as error:  # the Hub's errors (no repo, no network, cache miss) are OSErrors
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        where = " (HF_HUB_OFFLINE is set: only the local Hub cache was searched)" if offline else ""
+        where = " (HF_HUB_OFFLINE is set: only the local Hub cache was searched)" if hub_offline() else ""
         at = f" at revision {revision!r}" if revision else ""
         raise ExportError(
             f"{repo_id!r} is not a local folder, and the Hugging Face Hub did not give it{at}{where}: "
