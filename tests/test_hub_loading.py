@@ -173,11 +173,12 @@ def test_repo_not_in_the_cache_is_a_clear_error(tmp_path):
 
 def test_the_commands_the_messages_advise_exist():
     """The way out named on the error page and the fast-export notice are make targets that run what the
-    messages say (make -n prints the commands without running them)."""
+    messages say (make -n prints the commands without running them; -B as on a fresh clone, whatever is
+    already built here)."""
     from cqa.hub import HOW_TO_FIX
 
     assert "`make demo`" in HOW_TO_FIX
-    demo = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    demo = subprocess.run(["make", "-n", "-B", "demo"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert demo.returncode == 0, demo.stderr
     assert "-m training.tiny out/demo" in demo.stdout and "app.py --model out/demo/onnx" in demo.stdout
     fast = subprocess.run(["make", "-n", "fast-model"], cwd=REPO, capture_output=True, text=True, timeout=60)
