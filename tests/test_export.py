@@ -175,7 +175,6 @@ def test_gate_catches_the_stock_export_failing_below_one_global_block(tmp_path):
         export.export_onnx(checkpoint, tmp_path / "stock", fast_attention=False, parity_lengths=(8, 40))
     assert not (tmp_path / "stock").exists()
 
-    pytest.importorskip("training.onnx_patches")
     export.export_onnx(checkpoint, tmp_path / "patched", parity_lengths=(8, 15, 17, 40))
     assert json.loads((tmp_path / "patched" / "parity.json").read_text())["passed"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.hub import Upload, folder_files, push, push_folder, quantized_files, render_card
 from training.pipeline import card_fields
+from training.publish import Upload, folder_files, push, push_folder, quantized_files, render_card
 
 REPO = Path(__file__).resolve().parents[1]
 PLACEHOLDER = re.compile(r"\$\{?[A-Za-z_]\w*")

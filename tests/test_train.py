@@ -448,7 +448,7 @@ def span_copy_run(tmp_path: Path, **overrides) -> tuple[Path, list[dict], Recipe
 
 @pytest.mark.slow
 def test_a_tiny_longt5_learns_to_copy_a_span(tmp_path):
-    from training.evaluate import evaluate_model
+    from training.evaluation import evaluate_model
 
     base, dev, recipe = span_copy_run(tmp_path)
     before = evaluate_model(base, dev, max_new_tokens=3, batch_size=48)
@@ -463,7 +463,7 @@ def test_a_tiny_longt5_learns_to_copy_a_span(tmp_path):
 def test_best_checkpoint_is_the_highest_f1_not_the_last(tmp_path):
     from transformers import TrainerCallback
 
-    from training.evaluate import evaluate_model
+    from training.evaluation import evaluate_model
 
     class WorseAfterThePeak(TrainerCallback):
         """A run that gets worse after it has learned something (as stage 2's 166 epochs overfit):
@@ -522,7 +522,6 @@ def test_deepspeed_stage_then_data_parallel_stage_on_two_cpu_processes(tmp_path)
     """Stage 1 under the shipped DeepSpeed ZeRO-2 config, stage 2 from its best/ under DDP (gloo):
     the config follows the recipe's bf16 (false here), best/ holds fp32 weights from the ZeRO checkpoint
     with `shared` saved once, and DDP trains from it (untied copies failed it: unused `shared`)."""
-    pytest.importorskip("deepspeed", reason="DeepSpeed is in training/requirements.txt: pip install it")
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from training.data import tryocoqa_validation_ids

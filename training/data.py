@@ -27,7 +27,7 @@ the Hub split when no file is given. TryoCoQA has one file of 15 conversations: 
 that is 13 / 2), by a shuffle seeded with ``split_seed`` (``TRYOCOQA_SPLIT_SEED``, 42), so the split is
 the same on every machine. That seed is not the training seed: a seed sweep keeps one validation set.
 ``training.train`` records the validation conversation ids in each stage's results.json, and
-``training.evaluate`` reads them back (``validation_ids``) to score exactly those conversations.
+``training.evaluation`` reads them back (``validation_ids``) to score exactly those conversations.
 Without a file, TryoCoQA is downloaded once from GitHub into ``~/.cache/blogpost-cqa/`` (override
 with the BLOGPOST_CQA_CACHE environment variable).
 """

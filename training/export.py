@@ -48,11 +48,11 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cqa.hub import hub_offline
+from cqa.hub import THREE_FILE_STEMS, hub_offline
 
 log = logging.getLogger("training.export")
 
-ONNX_FILES = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
+ONNX_FILES = tuple(f"{stem}.onnx" for stem in THREE_FILE_STEMS)  # the published three-file layout
 PARITY_LENGTHS = (8, 40, 300, 1500, 5000)
 MAX_RELATIVE_ERROR = (
     1e-4  # measured today: ~3e-7 on LongT5-base; a broken graph is off by orders of magnitude
@@ -144,13 +144,12 @@ def trace_length_for(config) -> int:
 
 
 def _attention_patch(model, fast_attention: bool):
-    """The speed engineer's export-time attention rewrite, when that module exists (same math)."""
+    """The export-time rewrite of LongT5's attention into one fused block (training.onnx_patches; the
+    same math), or nothing for a stock export."""
     if not fast_attention:
         return nullcontext()
-    try:
-        from training.onnx_patches import patch_longt5_for_export
-    except ImportError:
-        return nullcontext()
+    from training.onnx_patches import patch_longt5_for_export
+
     log.info("export: using training.onnx_patches.patch_longt5_for_export")
     return patch_longt5_for_export(model)
 
@@ -277,7 +276,7 @@ def export_onnx(
 
 
 def _default_card(folder: Path) -> str:
-    from training.hub import render_card
+    from training.publish import render_card
 
     return render_card(_card_fields_from_folder(folder))
 
@@ -517,7 +516,7 @@ def _nodes_named(path: Path, patterns: Sequence[str]) -> list[str]:
 
 
 def _default_int8_card(report: Int8Report) -> str:
-    from training.hub import render_card
+    from training.publish import render_card
 
     return render_card({"variant": "ONNX, dynamic int8", "int8_agreement": f"{report.agreement:.2f}"})
 

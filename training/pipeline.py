@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from training import export
-from training.hub import Upload, folder_files, push, quantized_files, render_card
+from training.publish import Upload, folder_files, push, quantized_files, render_card
 
 log = logging.getLogger("training.pipeline")
 

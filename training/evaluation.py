@@ -1,8 +1,8 @@
 """Score a model on a QA dataset: a PyTorch checkpoint (transformers) or an ONNX export (the app's runtime).
 
-    python -m training.evaluate --model out/stage2/best --dataset tryocoqa --split validation --out eval/pt
-    python -m training.evaluate --model out/onnx --onnx --quantized --dataset tryocoqa --out eval/int8
-    python -m training.evaluate --model out/stage1/best --dataset squad_v2 --file dev-v2.0.json \
+    python -m training.evaluation --model out/stage2/best --dataset tryocoqa --split validation --out eval/pt
+    python -m training.evaluation --model out/onnx --onnx --quantized --dataset tryocoqa --out eval/int8
+    python -m training.evaluation --model out/stage1/best --dataset squad_v2 --file dev-v2.0.json \
         --out eval/squad
 
 Writes OUT/predictions.jsonl (id, prediction, answers, f1, exact) and OUT/metrics.json (exact, f1 in
@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from cqa.format import DEFAULT_MAX_INPUT_TOKENS, NO_ANSWER, fit_model_input
 
-logger = logging.getLogger("training.evaluate")
+logger = logging.getLogger("training.evaluation")
 
 
 def fit_text(tokenizer, text: str, max_input_length: int) -> str:
@@ -218,7 +218,7 @@ def recorded_split(model: str | Path) -> tuple[dict, Path] | None:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        prog="python -m training.evaluate",
+        prog="python -m training.evaluation",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

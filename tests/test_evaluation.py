@@ -1,4 +1,4 @@
-"""training/evaluate.py: scoring a PyTorch checkpoint and its ONNX export on the same questions."""
+"""training/evaluation.py: scoring a PyTorch checkpoint and its ONNX export on the same questions."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from fixtures.official_formats import coqa_file, coqa_story, squad_file
 
 from training.data import load_examples, write_smoke_datasets
-from training.evaluate import evaluate_model
+from training.evaluation import evaluate_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,6 @@ def test_batched_and_one_at_a_time_pytorch_answers_agree(tiny_dir, smoke_validat
 
 @pytest.mark.slow
 def test_pytorch_and_onnx_give_the_same_greedy_answers(tiny_dir, smoke_validation):
-    pytest.importorskip("cqa.generator")
     torch_result = evaluate_model(tiny_dir / "model", smoke_validation, max_new_tokens=8)
     onnx_result = evaluate_model(tiny_dir / "onnx", smoke_validation, onnx=True, max_new_tokens=8)
     torch_answers = [p["prediction"] for p in torch_result["predictions"]]
@@ -55,7 +54,7 @@ def test_long_inputs_are_cut_by_the_apps_rule(tiny_dir):
     from transformers import AutoTokenizer
 
     from cqa.format import build_model_input
-    from training.evaluate import fit_text
+    from training.evaluation import fit_text
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir / "model").backend_tokenizer
     text = build_model_input(" ".join(["the blog post"] * 300), [("what?", "a post")], "how long?")
@@ -70,7 +69,7 @@ def test_cli_scores_a_dataset_file(tiny_dir, tmp_path):
     files = write_smoke_datasets(tmp_path / "data")
     done = subprocess.run(
         [
-            sys.executable, "-m", "training.evaluate", "--model", str(tiny_dir / "model"),
+            sys.executable, "-m", "training.evaluation", "--model", str(tiny_dir / "model"),
             "--dataset", "squad_v2", "--file", str(files["squad_v2_dev"]), "--limit", "3",
             "--max-new-tokens", "4", "--out", str(tmp_path / "eval"),
         ],
@@ -81,7 +80,7 @@ def test_cli_scores_a_dataset_file(tiny_dir, tmp_path):
     assert len((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()) == 3
 
     missing = subprocess.run(
-        [sys.executable, "-m", "training.evaluate", "--model", str(tiny_dir / "model"), "--dataset", "coqa",
+        [sys.executable, "-m", "training.evaluation", "--model", str(tiny_dir / "model"), "--dataset", "coqa",
          "--file", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x")],
         cwd=REPO, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
@@ -110,7 +109,7 @@ def _official_format_file(dataset: str, directory: Path) -> tuple[Path, int]:
 
 @pytest.mark.parametrize("dataset", ["squad_v2", "coqa"])
 def test_official_predictions_are_scored_by_the_metrics_cli(dataset, tiny_dir, tmp_path, caplog, capsys):
-    from training import evaluate, metrics
+    from training import evaluation, metrics
 
     data, questions = _official_format_file(dataset, tmp_path)
     model = str(tiny_dir / "model")
@@ -119,9 +118,9 @@ def test_official_predictions_are_scored_by_the_metrics_cli(dataset, tiny_dir, t
     first = load_examples(dataset, data, "validation")[:1]
     no_answer = evaluate_model(model, first, max_new_tokens=4)["predictions"][0]["prediction"]
     assert no_answer  # a random model still says something
-    caplog.set_level("INFO", logger="training.evaluate")
+    caplog.set_level("INFO", logger="training.evaluation")
     out = tmp_path / "eval"
-    evaluate.main(
+    evaluation.main(
         ["--model", model, "--dataset", dataset, "--file", str(data), "--max-new-tokens", "4",
          "--no-answer", no_answer, "--out", str(out)]
     )  # fmt: skip
@@ -164,7 +163,7 @@ def test_tryocoqa_is_scored_on_the_split_the_model_was_trained_with(tiny_dir, tm
     import shutil
 
     from training.data import tryocoqa_validation_ids
-    from training.evaluate import main
+    from training.evaluation import main
 
     tryocoqa = write_smoke_datasets(tmp_path / "data")["tryocoqa"]
     default = tryocoqa_validation_ids(tryocoqa)
@@ -172,7 +171,7 @@ def test_tryocoqa_is_scored_on_the_split_the_model_was_trained_with(tiny_dir, tm
     stage = tmp_path / "stage2"
     shutil.copytree(tiny_dir / "model", stage / "best")
     (stage / "results.json").write_text(json.dumps({"split": {"seed": 7, "validation_ids": recorded}}))
-    caplog.set_level("INFO", logger="training.evaluate")
+    caplog.set_level("INFO", logger="training.evaluation")
 
     def conversations(model: Path, out: str) -> set[str]:
         args = ["--model", str(model), "--dataset", "tryocoqa", "--file", str(tryocoqa)]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-log = logging.getLogger("training.hub")
+log = logging.getLogger("training.publish")
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
 MISSING = "n/a"
