@@ -3,7 +3,7 @@
 #   make test   set up the full environment (.venv) and run ruff and the whole test suite
 # And, each one command on a fresh clone too:
 #   make demo        the app on a tiny random model built here (no Hub needed; random answers, for UI work)
-#   make fast-model  the published PyTorch checkpoint exported fast (fused attention, int8) to out/fast-int8
+#   make fast-model  the published PyTorch checkpoint exported fast (fused attention, int8) to out/fast
 # Options: make run ARGS="--model out/smoke/onnx --port 7861"; make test PYTEST_ARGS="-k format"
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -26,7 +26,7 @@ out/demo/onnx/config.json: .venv/.installed training/tiny.py
 # What cqa.hub.FAST_EXPORT_COMMAND says, in .venv (needs the Hub; the export's parity gate takes minutes).
 fast-model: .venv/.installed
 	.venv/bin/python -m training.export tryolabs/long-t5-tglobal-base-blogpost-cqa out/fast --quantize int8
-	@echo 'Serve it: make run ARGS="--model out/fast-int8", or push out/fast-int8 to the Hub and set MODEL_ID.'
+	@echo 'Serve it: make run ARGS="--model out/fast" (int8 by default), or push out/fast to the Hub and set MODEL_ID.'
 
 test: .venv/.installed
 	.venv/bin/ruff check .

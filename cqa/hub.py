@@ -40,7 +40,7 @@ HOW_TO_FIX = (
 # slower than this project's export of the same weights with the fused attention and int8. The command
 # that makes that fast copy from the published PyTorch checkpoint (`make fast-model` runs it in .venv):
 PUBLISHED_CHECKPOINT = "tryolabs/long-t5-tglobal-base-blogpost-cqa"
-FAST_EXPORT_FOLDER = "out/fast-int8"  # where FAST_EXPORT_COMMAND writes the int8 export
+FAST_EXPORT_FOLDER = "out/fast"  # where FAST_EXPORT_COMMAND writes the export (fp32 and int8 files)
 FAST_EXPORT_COMMAND = f"python -m training.export {PUBLISHED_CHECKPOINT} out/fast --quantize int8"
 # training/onnx_patches.py's finalize_encoder puts each layer's fused attention in this model-local
 # function: its presence in the encoder is what marks a fast export.
@@ -68,9 +68,9 @@ class ModelFiles:
 
     @property
     def quantized(self) -> bool:
-        """int8 files: the ``*_quantized.onnx`` ones, or a folder that ``training.export --quantize int8``
-        wrote with the plain names and its ``int8.json`` report."""
-        return self.encoder.name.endswith("_quantized.onnx") or (self.encoder.parent / "int8.json").is_file()
+        """int8 files: the ``*_quantized.onnx`` ones (what ``training.export --quantize int8`` writes
+        beside the fp32 files, optimum's convention)."""
+        return self.encoder.name.endswith("_quantized.onnx")
 
     @property
     def fast_attention(self) -> bool:
@@ -176,7 +176,7 @@ def find_model_files(model_dir: Path, quantized: bool = False, model_id: str | N
         variant = " int8 (*_quantized.onnx)" if quantized else ""
         hint = (
             " Quantize the export first (`python -m training.export CHECKPOINT OUT --quantize int8` writes "
-            "OUT-int8), or serve its fp32 files (`--precision fp32`, or `auto`)."
+            "them into OUT), or serve its fp32 files (`--precision fp32`, or `auto`)."
             if quantized
             else ""
         )

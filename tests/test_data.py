@@ -24,13 +24,14 @@ from training.data import (
     coqa_hub_examples,
     download_tryocoqa,
     load_examples,
+    model_input,
     split_conversations,
     squad_hub_example,
     tryocoqa_validation_ids,
     write_smoke_datasets,
 )
 
-KEYS = {"id", "input", "target", "answers"}
+KEYS = {"id", "context", "history", "question", "answers"}
 CONTEXT = "Anna lives in Paris. She rides a red bike."
 
 
@@ -68,18 +69,20 @@ def test_squad_answerable_and_impossible(squad_path):
     answerable, impossible = load_examples("squad_v2", squad_path)
     assert answerable == {
         "id": "q1",
-        "input": f"{CONTEXT} || <Q> Where does Anna live? <A> ",
-        "target": "Paris",
+        "context": CONTEXT,
+        "history": [],
+        "question": "Where does Anna live?",
         "answers": ["Paris", "in Paris"],
     }
+    assert model_input(answerable) == f"{CONTEXT} || <Q> Where does Anna live? <A> "
     assert impossible["id"] == "q2"
-    assert impossible["target"] == NO_ANSWER
+    assert impossible["answers"][0] == NO_ANSWER
     assert impossible["answers"] == [NO_ANSWER]
 
 
 def test_squad_custom_no_answer(squad_path):
     examples = load_examples("squad_v2", squad_path, no_answer="unanswerable")
-    assert [e["target"] for e in examples] == ["Paris", "unanswerable"]
+    assert [e["answers"][0] for e in examples] == ["Paris", "unanswerable"]
 
 
 def test_squad_hub_rows_match_the_official_file(squad_path):
@@ -122,25 +125,23 @@ def coqa_path(tmp_path):
 def test_coqa_history_window_holds_the_two_previous_turns(coqa_path):
     examples = load_examples("coqa", coqa_path)
     assert [e["id"] for e in examples] == ["s1_1", "s1_2", "s1_3", "s1_4"]
-    assert examples[0]["input"] == f"{CONTEXT} || <Q> Who? <A> "
-    assert examples[1]["input"] == f"{CONTEXT} || <Q1> Who? <A1> Anna <Q> Where? <A> "
+    assert model_input(examples[0]) == f"{CONTEXT} || <Q> Who? <A> "
+    assert model_input(examples[1]) == f"{CONTEXT} || <Q1> Who? <A1> Anna <Q> Where? <A> "
     # Turn 4 sees turns 2 and 3 only; turn 3's "unknown" appears as the no-answer text.
-    assert examples[3]["input"] == (
+    assert model_input(examples[3]) == (
         f"{CONTEXT} || <Q2> Where? <A2> Paris <Q1> Her age? <A1> {NO_ANSWER} <Q> What does she ride? <A> "
     )
 
 
 def test_coqa_turns_is_configurable(coqa_path):
-    last = load_examples("coqa", coqa_path, turns=3)[3]
-    assert last["input"].startswith(f"{CONTEXT} || <Q3> Who? <A3> Anna <Q2> Where?")
-    assert (
-        load_examples("coqa", coqa_path, turns=0)[3]["input"] == f"{CONTEXT} || <Q> What does she ride? <A> "
-    )
+    last = load_examples("coqa", coqa_path)[3]
+    assert model_input(last, turns=3).startswith(f"{CONTEXT} || <Q3> Who? <A3> Anna <Q2> Where?")
+    assert model_input(last, turns=0) == f"{CONTEXT} || <Q> What does she ride? <A> "
 
 
 def test_coqa_targets_unknown_and_additional_answers(coqa_path):
     examples = load_examples("coqa", coqa_path)
-    assert [e["target"] for e in examples] == ["Anna", "Paris", NO_ANSWER, "a red bike"]
+    assert [e["answers"][0] for e in examples] == ["Anna", "Paris", NO_ANSWER, "a red bike"]
     assert examples[1]["answers"] == ["Paris", "in Paris"]
     assert examples[2]["answers"] == [NO_ANSWER, NO_ANSWER]
     assert examples[3]["answers"] == ["a red bike", "bike"]
@@ -159,8 +160,10 @@ def test_coqa_hub_row_mapping():
     }
     examples = coqa_hub_examples(row, "validation-7", no_answer="n/a")
     assert [e["id"] for e in examples] == ["validation-7_1", "validation-7_2", "validation-7_3"]
-    assert [e["target"] for e in examples] == ["Anna", "n/a", "Paris"]
-    assert examples[2]["input"] == f"{CONTEXT} || <Q2> Who? <A2> Anna <Q1> Her age? <A1> n/a <Q> Where? <A> "
+    assert [e["answers"][0] for e in examples] == ["Anna", "n/a", "Paris"]
+    assert (
+        model_input(examples[2]) == f"{CONTEXT} || <Q2> Who? <A2> Anna <Q1> Her age? <A1> n/a <Q> Where? <A> "
+    )
 
 
 # --- TryoCoQA -------------------------------------------------------------------------------------
@@ -186,15 +189,17 @@ def test_tryocoqa_split_is_by_conversation_deterministic_and_85_15(tmp_path):
 
 def test_tryocoqa_split_is_the_same_for_every_training_seed(tmp_path):
     """A seed sweep (seed 42, 0, 1) must compare models on one validation set: only split_seed moves it."""
-    from training.train import load_dataset_examples, load_recipe
+    from training.data import load_dataset_examples
+    from training.recipe import load_recipe
 
     path = tryocoqa_file(tmp_path / "tryocoqa_v1.json", n_conversations=15)
     recipe = Path(__file__).resolve().parents[1] / "training" / "recipes" / "smoke_stage2.yaml"
     spec = {"name": "tryocoqa", "file": str(path), "split": "validation"}
 
     def validation_conversations(**overrides) -> frozenset[str]:
-        r = load_recipe(recipe, eval_datasets=[spec], **overrides)
-        return frozenset(e["id"].split("_")[0] for e in load_dataset_examples(r.eval_datasets[0], r))
+        _, data, _ = load_recipe(recipe, eval_datasets=[spec], **overrides)
+        examples = load_dataset_examples(data.eval_datasets[0], data.no_answer, data.split_seed)
+        return frozenset(e["id"].split("_")[0] for e in examples)
 
     assert len({validation_conversations(seed=seed) for seed in (42, 0, 1)}) == 1
     assert validation_conversations(seed=0) == validation_conversations()
@@ -229,11 +234,12 @@ def test_tryocoqa_examples(tmp_path):
     assert len(by_id) == 3 + 4 + 5
     first = by_id["0_1"]  # turn indexes count from 1
     assert (
-        first["input"] == "Post 0. The answer to question 0 is word0. || <Q> Conversation 0 question 0? <A> "
+        model_input(first)
+        == "Post 0. The answer to question 0 is word0. || <Q> Conversation 0 question 0? <A> "
     )
-    assert first["target"] == "word0 0"
-    assert by_id["0_3"]["target"] == "n/a"  # TryoCoQA's "I can't answer that." -> the configured text
-    assert "<A1> n/a <Q> Conversation 1 question 3?" in by_id["1_4"]["input"]
+    assert first["answers"][0] == "word0 0"
+    assert by_id["0_3"]["answers"][0] == "n/a"  # TryoCoQA's "I can't answer that." -> the configured text
+    assert "<A1> n/a <Q> Conversation 1 question 3?" in model_input(by_id["1_4"])
 
 
 def test_tryocoqa_no_answer_variants_get_the_configured_target(tmp_path):
@@ -255,9 +261,9 @@ def test_tryocoqa_no_answer_variants_get_the_configured_target(tmp_path):
     for example in examples:
         turn = int(example["id"].split("_")[1])
         expected = "n/a" if turn in (2, 3) else turns[turn - 1][1]
-        assert example["target"] == expected and example["answers"] == [expected], example
+        assert example["answers"][0] == expected and example["answers"] == [expected], example
     fourth = next(e for e in examples if e["id"].endswith("_4"))
-    assert "<Q2> When? <A2> n/a <Q1> Why? <A1> n/a <Q> Where? <A> " in fourth["input"]  # history too
+    assert "<Q2> When? <A2> n/a <Q1> Why? <A1> n/a <Q> Where? <A> " in model_input(fourth)  # history too
 
 
 def test_tryocoqa_is_downloaded_once_and_cached(tmp_path):
@@ -333,17 +339,18 @@ def test_wrong_file_and_broken_json(tmp_path):
 # --- Command line ---------------------------------------------------------------------------------
 
 
-def test_cli_writes_jsonl_with_exactly_the_four_keys(tmp_path, coqa_path):
+def test_cli_writes_jsonl_with_exactly_the_structured_keys(tmp_path, coqa_path):
+    from training.data import read_jsonl_examples
+
     out = tmp_path / "out" / "coqa.jsonl"
-    result = _run_cli(
-        "prepare", "--dataset", "coqa", "--file", str(coqa_path), "--out", str(out), "--turns", "1"
-    )
+    result = _run_cli("prepare", "--dataset", "coqa", "--file", str(coqa_path), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "Wrote 4 examples (1 unanswerable)" in result.stdout
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 4
     assert all(set(row) == KEYS for row in rows)
-    assert rows == load_examples("coqa", coqa_path, turns=1)
+    assert rows == load_examples("coqa", coqa_path)
+    assert read_jsonl_examples(out) == rows  # what a recipe's {name: jsonl, file: ...} reads back
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path):
@@ -379,12 +386,12 @@ def test_smoke_datasets_are_small_learnable_and_official(tmp_path):
     assert set(paths) == {"squad_v2", "squad_v2_dev", "coqa", "coqa_dev", "tryocoqa"}
     for key in ("squad_v2", "squad_v2_dev", "coqa", "coqa_dev"):
         examples = load_examples(key.removesuffix("_dev"), paths[key])
-        unanswerable = [e for e in examples if e["target"] == NO_ANSWER]
+        unanswerable = [e for e in examples if e["answers"][0] == NO_ANSWER]
         assert 10 <= len(examples) <= 40, key
         assert 1 <= len(unanswerable) < len(examples) / 3, key
         for e in examples:
-            context = e["input"].split(" || ")[0]
-            assert e["target"] == NO_ANSWER or e["target"] in context, (key, e)  # answers are spans
+            context = model_input(e).split(" || ")[0]
+            assert e["answers"][0] == NO_ANSWER or e["answers"][0] in context, (key, e)  # answers are spans
     squad = json.loads(paths["squad_v2"].read_text())
     for qa in squad["data"][0]["paragraphs"][0]["qas"]:
         for answer in qa["answers"]:
@@ -396,7 +403,7 @@ def test_smoke_datasets_are_small_learnable_and_official(tmp_path):
     assert len(json.loads(paths["tryocoqa"].read_text())) == 8
     assert len({e["id"].split("_")[0] for e in validation}) == 1
     assert 20 <= len(train) + len(validation) <= 40
-    assert any(e["target"] == NO_ANSWER for e in train)
+    assert any(e["answers"][0] == NO_ANSWER for e in train)
 
 
 def test_smoke_cli(tmp_path):
@@ -411,16 +418,16 @@ def test_smoke_cli(tmp_path):
 def test_shared_squad_dev_counts():
     examples = load_examples("squad_v2", shared_file("squad2/dev-v2.0.reconstructed.json"))
     assert len(examples) == 11873
-    assert sum(e["target"] == NO_ANSWER for e in examples) == 5945
+    assert sum(e["answers"][0] == NO_ANSWER for e in examples) == 5945
     assert len({e["id"] for e in examples}) == 11873
     assert examples[0]["id"] == "56ddde6b9a695914005b9628"  # official question ids
-    assert examples[0]["input"].endswith(" || <Q> In what country is Normandy located? <A> ")
+    assert model_input(examples[0]).endswith(" || <Q> In what country is Normandy located? <A> ")
 
 
 def test_shared_squad_train_counts():
     examples = load_examples("squad_v2", shared_file("squad2/train-v2.0.first10articles.json"))
     assert len(examples) == 4719
-    assert sum(e["target"] == NO_ANSWER for e in examples) == 348
+    assert sum(e["answers"][0] == NO_ANSWER for e in examples) == 348
 
 
 def test_shared_tryocoqa_split():
@@ -434,4 +441,4 @@ def test_shared_tryocoqa_split():
     assert len(train_conversations) == 13
     assert not train_conversations & validation_conversations
     # 5 unanswerable turns: four "I can't answer that." and one without the period
-    assert sum(e["target"] == NO_ANSWER for e in train + validation) == 5
+    assert sum(e["answers"][0] == NO_ANSWER for e in train + validation) == 5

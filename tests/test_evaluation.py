@@ -53,15 +53,19 @@ def test_pytorch_and_onnx_give_the_same_greedy_answers(tiny_dir, smoke_validatio
 def test_long_inputs_are_cut_by_the_apps_rule(tiny_dir):
     from transformers import AutoTokenizer
 
-    from cqa.format import build_model_input
-    from training.evaluation import fit_text
+    from training.data import fit_example
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir / "model").backend_tokenizer
-    text = build_model_input(" ".join(["the blog post"] * 300), [("what?", "a post")], "how long?")
-    fitted = fit_text(tokenizer, text, 100)
+    long = {
+        "context": " ".join(["the blog post"] * 300),
+        "history": [("what?", "a post")],
+        "question": "how long?",
+    }
+    fitted = fit_example(tokenizer, long, 100).text
     assert len(tokenizer.encode(fitted).ids) <= 100
     assert fitted.endswith(" || <Q1> what? <A1> a post <Q> how long? <A> ")
-    assert fit_text(tokenizer, "short || <Q> q <A> ", 100) == "short || <Q> q <A> "
+    short = {"context": "short", "history": [], "question": "q"}
+    assert fit_example(tokenizer, short, 100).text == "short || <Q> q <A> "
 
 
 @pytest.mark.slow

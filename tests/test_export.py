@@ -118,11 +118,12 @@ def test_cli_export_with_int8(tiny_dir, tmp_path):
         [str(tiny_dir / "model"), str(out), "--quantize", "int8", "--parity-lengths", "8", "300", "1500"]
     )
     assert code == 0
-    int8_dir = tmp_path / "release" / "onnx-int8"
-    for name in [*export.ONNX_FILES, "config.json", "tokenizer.json", "README.md", "int8.json"]:
+    int8_dir = out  # the int8 files beside the fp32 ones, under optimum's names
+    for name in [*export.ONNX_FILES, *export.QUANTIZED_FILES, "config.json", "tokenizer.json", "int8.json"]:
         assert (int8_dir / name).is_file(), name
+    assert sorted(p.name for p in (tmp_path / "release").iterdir()) == ["onnx"]  # no OUT-int8 any more
 
-    ops = {node.op_type for node in onnx.load(str(int8_dir / "encoder_model.onnx")).graph.node}
+    ops = {node.op_type for node in onnx.load(str(int8_dir / "encoder_model_quantized.onnx")).graph.node}
     assert "DynamicQuantizeLinear" in ops and ("MatMulInteger" in ops or "MatMulIntegerToFloat" in ops)
     report = json.loads((int8_dir / "int8.json").read_text())
     assert report["lengths"] == [8, 300, 1500]
@@ -135,8 +136,8 @@ def test_cli_export_with_int8(tiny_dir, tmp_path):
     assert all(0 < e <= export.INT8_MAX_RELATIVE_ERROR for e in report["max_relative_error"])
     assert report["logits_close"] and all(0.0 <= t <= 1.0 for t in report["top_token_equal"])
 
-    # The runtime loads the int8 folder like any export folder, and knows its files are int8.
-    generator = Seq2SeqGenerator.load(int8_dir, threads=1)
+    # The runtime serves the int8 files of the folder by default, and knows they are int8.
+    generator = Seq2SeqGenerator.load(int8_dir, threads=1, quantized=None)  # the app's --precision auto
     assert generator.files.quantized and not Seq2SeqGenerator.load(out, threads=1).files.quantized
     answer = generator.generate(build_model_input(CONTEXT, [], QUESTION), 8)
     assert answer.done and answer.output_tokens > 0
@@ -144,9 +145,9 @@ def test_cli_export_with_int8(tiny_dir, tmp_path):
     # A wrong quantization (one weight scale of one layer off by 2x) is far outside the tolerance.
     broken = tmp_path / "broken-int8"
     shutil.copytree(int8_dir, broken)
-    for name in ("decoder_model.onnx", "decoder_with_past_model.onnx"):
+    for name in ("decoder_model_quantized.onnx", "decoder_with_past_model_quantized.onnx"):
         _double_weight_scale(broken / name, "block.0/layer.2/DenseReluDense/wo")
-    figures = export.compare_int8(out, broken, lengths=(8, 300))
+    figures = export.compare_int8(broken, lengths=(8, 300))
     assert min(figures["max_relative_error"]) > 2 * export.INT8_MAX_RELATIVE_ERROR, figures
 
 

@@ -275,7 +275,7 @@ def test_model_targets_mapped_back_score_100_officially(tmp_path):
     for dataset, key in (("squad_v2", "squad_v2_dev"), ("coqa", "coqa_dev")):
         examples = load_examples(dataset, paths[key])
         predictions = official_predictions(
-            dataset, [e["id"] for e in examples], [e["target"] for e in examples]
+            dataset, [e["id"] for e in examples], [e["answers"][0] for e in examples]
         )
         data = json.loads(paths[key].read_text())["data"]
         if dataset == "squad_v2":
@@ -300,7 +300,7 @@ def test_shared_squad_dev_gold_and_empty_predictions():
     assert empty["exact"] == pytest.approx(5945 / 11873 * 100)
 
     examples = load_examples("squad_v2", dev)
-    assert score([e["target"] for e in examples], [e["answers"] for e in examples]) == {
+    assert score([e["answers"][0] for e in examples], [e["answers"] for e in examples]) == {
         "exact": 100.0,
         "f1": 100.0,
     }

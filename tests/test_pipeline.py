@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from training.pipeline import card_fields
-from training.publish import Upload, folder_files, push, push_folder, quantized_files, render_card
+from training.publish import Upload, folder_files, push, push_folder, render_card
 
 REPO = Path(__file__).resolve().parents[1]
 PLACEHOLDER = re.compile(r"\$\{?[A-Za-z_]\w*")
@@ -62,17 +62,18 @@ def test_card_shows_the_run_numbers():
 
 def test_examples_per_step_count_every_process(tmp_path):
     """Stage 1 on 2 GPUs: 4 per device x 4 accumulated x 2 processes = 32 per optimizer step, on the card."""
-    from training.pipeline import stage_result
+    from training.pipeline import stage_recipes, stage_result
 
     stage = tmp_path / "stage1"
     stage.mkdir()
     (stage / "results.json").write_text(json.dumps({"f1": 70.0, "world_size": 2, "examples_per_step": 32}))
-    result = stage_result(1, REPO / "training" / "recipes" / "stage1.yaml", tmp_path, None)
+    (recipe,) = stage_recipes([REPO / "training" / "recipes" / "stage1.yaml"], tmp_path, None)
+    result = stage_result(1, recipe)
     assert result["batch_size"] == 32
     card = render_card(card_fields({"stages": [result]}, "me/cqa", smoke=False))
     assert "| batch size (examples per optimizer step, all GPUs) | 32 |" in card
     (stage / "results.json").write_text(json.dumps({"f1": 70.0}))  # an older run: its processes unknown
-    assert stage_result(1, REPO / "training" / "recipes" / "stage1.yaml", tmp_path, None)["batch_size"] == 16
+    assert stage_result(1, recipe)["batch_size"] == 16
 
 
 def test_upload_plan_offline(tmp_path):
@@ -81,15 +82,17 @@ def test_upload_plan_offline(tmp_path):
     (folder / "README.md").write_text("card")
     (folder / "encoder_model.onnx").write_bytes(b"x" * 2_000_000)
     (folder / ".cache").write_text("bookkeeping, not for the Hub")
-    int8 = tmp_path / "onnx-int8"
-    int8.mkdir()
-    (int8 / "encoder_model.onnx").write_bytes(b"y" * 1000)
-    (int8 / "int8.json").write_text("{}")
-
     planned = push_folder(folder, "org/name-onnx", dry_run=True)
     assert [name for _, name in planned.files] == ["README.md", "encoder_model.onnx"]
     assert "org/name-onnx: 2 files, 2.00 MB" in planned.listing()
-    assert [name for _, name in quantized_files(int8)] == ["encoder_model_quantized.onnx", "int8.json"]
+
+    # The int8 files sit beside the fp32 ones under optimum's names, and go up under those names.
+    int8 = tmp_path / "int8"
+    int8.mkdir()
+    (int8 / "encoder_model_quantized.onnx").write_bytes(b"y" * 1000)
+    (int8 / "int8.json").write_text("{}")
+    assert [name for _, name in folder_files(int8)] == ["encoder_model_quantized.onnx", "int8.json"]
+    assert folder_files(int8, leave_out=["*_quantized.onnx", "int8.json"]) == []
 
     with pytest.raises(ValueError, match="not a Hub repo id"):
         push_folder(folder, "no-slash", dry_run=True)
@@ -132,7 +135,7 @@ def test_smoke_pipeline_end_to_end_and_resume(tmp_path):
     predictions = json.loads((out / "evaluation.json").read_text())["predictions"]
     assert len(predictions) == evaluation["examples"] and all(p["int8"] is not None for p in predictions)
 
-    for folder in ("model", "onnx", "onnx-int8"):
+    for folder in ("model", "onnx"):
         card = (out / folder / "README.md").read_text()
         assert not PLACEHOLDER.search(card), folder
         assert "Smoke-test model" in card
@@ -140,7 +143,8 @@ def test_smoke_pipeline_end_to_end_and_resume(tmp_path):
         assert f"{max(results['export']['max_relative_error']):.1e}" in card
     assert (out / "model" / "model.safetensors").is_file()
     assert not (out / "model" / "training_args.bin").exists()
-    assert all((out / "onnx-int8" / name).is_file() for name in ("encoder_model.onnx", "int8.json"))
+    int8_files = ("encoder_model_quantized.onnx", "decoder_with_past_model_quantized.onnx", "int8.json")
+    assert all((out / "onnx" / name).is_file() for name in int8_files)
     for step in ("base", "stage1", "stage2", "model", "export", "int8", "evaluation", "cards"):
         assert re.search(rf"\[pipeline\] {step}\s+done in [0-9.]+ s", done.stderr), step
 

@@ -14,20 +14,10 @@ import torch
 import yaml
 
 from cqa.format import build_model_input
-from training.train import (
-    Recipe,
-    RecipeError,
-    add_dialogue_tokens,
-    bf16_supported,
-    build_dataset,
-    checkpoint_disagreement,
-    examples_per_optimizer_step,
-    load_recipe,
-    parse_overrides,
-    recipe_from_dict,
-    split_model_input,
-    train,
-)
+from training.data import build_dataset, fit_example, model_input
+from training.model import add_dialogue_tokens
+from training.recipe import Recipe, RecipeError, load_recipe, parse_overrides, recipe_from_dict
+from training.train import bf16_supported, checkpoint_disagreement, examples_per_optimizer_step, train
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "training" / "recipes"
@@ -57,31 +47,32 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
 
 @pytest.mark.parametrize("name", ["stage1.yaml", "stage2.yaml", "smoke_stage1.yaml", "smoke_stage2.yaml"])
 def test_shipped_recipes_load(name):
-    recipe = load_recipe(RECIPES / name)
-    assert recipe.train_datasets and recipe.eval_datasets
-    assert isinstance(recipe.learning_rate, float) and recipe.learning_rate > 0  # "1.0e-4" is a number
+    _, data, args = load_recipe(RECIPES / name)
+    assert data.train_datasets and data.eval_datasets
+    assert isinstance(args.learning_rate, float) and args.learning_rate > 0  # "1.0e-4" is a number
 
 
 def test_real_recipes_match_the_reported_setup():
-    stage1, stage2 = load_recipe(RECIPES / "stage1.yaml"), load_recipe(RECIPES / "stage2.yaml")
-    assert stage1.model == "google/long-t5-tglobal-base" and stage1.num_train_epochs == 3
-    assert {d.name for d in stage1.train_datasets} == {"squad_v2", "coqa"}
-    assert stage1.scheme in ("mixed", "sequential")
-    assert stage2.model == str(Path(stage1.output_dir) / "best")  # stage 2 starts from stage 1's best
-    assert [d.name for d in stage2.train_datasets] == ["tryocoqa"] and stage2.num_train_epochs == 166
-    assert stage1.bf16 and stage2.bf16 and stage2.gradient_checkpointing
-    assert stage2.max_input_length >= 7000  # TryoCoQA's blog posts are 2.0k-6.9k tokens
+    (model1, data1, args1), (model2, data2, args2) = (load_recipe(RECIPES / f"stage{n}.yaml") for n in (1, 2))
+    assert model1.model == "google/long-t5-tglobal-base" and args1.num_train_epochs == 3
+    assert {d.name for d in data1.train_datasets} == {"squad_v2", "coqa"}
+    assert data1.scheme in ("mixed", "sequential")
+    assert model2.model == str(Path(args1.output_dir) / "best")  # stage 2 starts from stage 1's best
+    assert [d.name for d in data2.train_datasets] == ["tryocoqa"] and args2.num_train_epochs == 166
+    assert args1.bf16 and args2.bf16 and args2.gradient_checkpointing
+    assert data2.max_input_length >= 7000  # TryoCoQA's blog posts are 2.0k-6.9k tokens
     # stage 1 runs for hours: a checkpoint every ~2,000 steps, not once an epoch; and batches of similar
     # lengths (SQuAD paragraphs, median 163 tokens, next to CoQA stories of up to ~1,300)
-    assert stage1.eval_steps is not None and 1000 <= stage1.eval_steps <= 3000 and stage1.group_by_length
+    assert args1.eval_steps is not None and 1000 <= args1.eval_steps <= 3000 and args1.group_by_length
+    assert args1.eval_strategy == args1.save_strategy == "steps" and args1.save_steps == args1.eval_steps
 
 
 def test_overrides_are_typed_and_checked(tmp_path):
-    recipe = load_recipe(
+    _, _, args = load_recipe(
         RECIPES / "smoke_stage1.yaml",
         **parse_overrides(["--num_train_epochs", "5", "--learning_rate=3e-4", "--bf16", "--output_dir", "x"]),
     )
-    assert (recipe.num_train_epochs, recipe.learning_rate, recipe.bf16, recipe.output_dir) == (
+    assert (args.num_train_epochs, args.learning_rate, args.bf16, args.output_dir) == (
         5.0,
         3e-4,
         True,
@@ -126,8 +117,8 @@ def test_dialogue_tokens_added_at_the_published_ids(tiny_dir):
 
 @pytest.mark.parametrize("vocab_size", [32100, 32128])
 def test_embeddings_make_room_for_the_dialogue_tokens(tmp_path, vocab_size):
+    from training.model import load_model_and_tokenizer
     from training.tiny import build_tiny_model, build_tokenizer
-    from training.train import load_model_and_tokenizer
 
     # 32100 rows: T5's pieces and sentinels, no room for `||` `<Q>` `<A>` (32100-32102).
     # 32128 rows: the base model's padded matrix, already big enough: never shrunk.
@@ -159,8 +150,8 @@ def test_embeddings_stored_apart_are_tied_again_on_load(tmp_path, caplog):
     loaded as they are, they train apart and DDP fails on the unused `shared`."""
     from safetensors.torch import save_file
 
+    from training.model import load_model_and_tokenizer
     from training.tiny import build_tiny_model, build_tokenizer
-    from training.train import load_model_and_tokenizer
 
     model = build_tiny_model(0, vocab_size=32128)
     tied_parameters = sum(p.numel() for p in model.parameters())
@@ -215,9 +206,9 @@ def test_a_resume_whose_ranks_disagree_on_the_checkpoint_is_refused():
 def test_a_nan_loss_stops_with_a_clear_message():
     from transformers import TrainerControl, TrainerState
 
-    from training.train import _non_finite_loss_callback
+    from training.callbacks import non_finite_loss_callback
 
-    callback, state = _non_finite_loss_callback(), TrainerState(global_step=120)
+    callback, state = non_finite_loss_callback(), TrainerState(global_step=120)
     callback.on_log(None, state, TrainerControl(), logs={"loss": 2.5, "grad_norm": 1.0})  # fine
     with pytest.raises(
         FloatingPointError, match=r"loss is nan at step 120 \(grad_norm 812.0\).*--bf16 false"
@@ -225,15 +216,24 @@ def test_a_nan_loss_stops_with_a_clear_message():
         callback.on_log(None, state, TrainerControl(), logs={"loss": float("nan"), "grad_norm": 812.0})
 
 
-def test_split_model_input_inverts_build_model_input():
+def test_the_model_input_keeps_the_last_turns_of_a_structured_example(tiny_dir):
+    """Examples stay structured (context, history, question); the input is built once, from them, with
+    the history window of ``turns`` (what split_model_input used to recover from a frozen string)."""
+    from transformers import AutoTokenizer
+
+    from cqa.format import dialogue_part
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir / "model").backend_tokenizer
     history = [("who wrote it?", "Ana"), ("when?", "in 2023"), ("why?", "for fun")]
+    example = {"id": "x", "context": "Some context.", "history": history, "question": "and then?"}
     for turns in (0, 1, 2, 3):
-        text = build_model_input("Some context. With | bars.", history, "and then?", turns=turns)
-        context, kept, question = split_model_input(text)
-        assert context == "Some context. With | bars."
-        assert kept == history[len(history) - turns :] and question == "and then?"
-    with pytest.raises(ValueError, match="not a model input"):
-        split_model_input("no dialogue here")
+        kept = history[len(history) - turns :]
+        expected = build_model_input("Some context.", kept, "and then?", turns=turns)
+        assert model_input(example, turns) == expected
+        assert fit_example(tokenizer, example, 1000, turns).text == expected
+        assert expected.endswith(dialogue_part(kept, "and then?", turns))
+    with pytest.raises(ValueError, match="example x: The question and the conversation history take"):
+        fit_example(tokenizer, example, 5)
 
 
 def test_long_inputs_lose_context_never_the_dialogue(tiny_dir):
@@ -241,13 +241,17 @@ def test_long_inputs_lose_context_never_the_dialogue(tiny_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir / "model")
     context = " ".join(["the model answer"] * 200)
-    text = build_model_input(context, [("what is it?", "a blog")], "how long is it?")
     examples = [
-        {"id": "long", "input": text, "target": "long"},
-        {"id": "short", "input": "hi || <Q> q <A> ", "target": "x"},
+        {
+            "id": "long",
+            "context": context,
+            "history": [["what is it?", "a blog"]],
+            "question": "how long is it?",
+        },
+        {"id": "short", "context": "hi", "history": [], "question": "q"},
     ]
-    recipe = Recipe(max_input_length=64, max_target_length=4)
-    dataset = build_dataset(examples, tokenizer, recipe, "test")
+    examples[0]["answers"], examples[1]["answers"] = ["long"], ["x"]
+    dataset = build_dataset(examples, tokenizer, max_input_length=64, max_target_length=4, what="test")
     long_ids, short_ids = dataset[0]["input_ids"], dataset[1]["input_ids"]
     assert len(long_ids) <= 64 and long_ids[-1] == tokenizer.eos_token_id
     decoded = tokenizer.decode(long_ids, skip_special_tokens=True)
@@ -384,7 +388,8 @@ def test_sequential_scheme_trains_one_dataset_after_the_other(tmp_path):
     assert (first["dataset"], second["dataset"]) == ("squad_v2", "coqa")
     assert Path(first["best_checkpoint"]) == tmp_path / "seq" / "phase-1-squad_v2" / "best"
     assert Path(result["best_checkpoint"]) == tmp_path / "seq" / "best"
-    saved = yaml.safe_load((tmp_path / "seq" / "recipe.yaml").read_text())
+    saved = yaml.safe_load((tmp_path / "seq" / "recipe.yaml").read_text())  # every field, the trainer's too
+    assert saved["learning_rate"] == recipe.training_args.learning_rate
     assert saved["model"] == first["best_checkpoint"]  # phase 2 started from phase 1's best
 
 
@@ -403,8 +408,8 @@ def span_copy_examples(count: int, seed: int) -> list[dict]:
     for i in range(count):
         context, answer = rng.sample(fillers, 8), rng.choice(names)
         context.insert(rng.randrange(len(context) + 1), answer)
-        text = build_model_input(" ".join(context), [], "which word is not a filler?")
-        examples.append({"id": f"{seed}-{i}", "input": text, "target": answer, "answers": [answer]})
+        example = {"id": f"{seed}-{i}", "context": " ".join(context), "history": [], "answers": [answer]}
+        examples.append({**example, "question": "which word is not a filler?"})
     return examples
 
 
@@ -542,7 +547,7 @@ def test_deepspeed_stage_then_data_parallel_stage_on_two_cpu_processes(tmp_path)
     # (bf16 itself needs a GPU of compute capability >= 8.0: here the live model is cast by hand.)
     from transformers import AutoModelForSeq2SeqLM
 
-    from training.train import write_fp32_from_zero_checkpoint
+    from training.model import write_fp32_from_zero_checkpoint
 
     live = AutoModelForSeq2SeqLM.from_pretrained(stage1 / "best").to(torch.bfloat16)
     write_fp32_from_zero_checkpoint(live, stage1 / "checkpoint-3", tmp_path / "from-bf16")

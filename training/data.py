@@ -1,21 +1,26 @@
-"""SQuAD 2.0, CoQA and TryoCoQA as training examples in the model's input format.
+"""SQuAD 2.0, CoQA and TryoCoQA as structured training examples, and the one function that makes
+them model inputs.
 
     python -m training.data prepare --dataset coqa --file coqa-dev-v1.0.json --out coqa-dev.jsonl
     python -m training.data prepare --dataset squad_v2 --split validation --out dev.jsonl  # Hub
     python -m training.data smoke OUT_DIR   # the tiny built-in datasets used by `--smoke` and tests
 
-Every example is a dict ``{"id", "input", "target", "answers"}``:
+Every example is a dict ``{"id", "context", "history", "question", "answers"}``:
 
-- ``input``: ``cqa.format.build_model_input(context, history, question, turns)``. The history is the
-  conversation's previous GOLD question/answer pairs (the format keeps the last ``turns``, default 2).
-  SQuAD questions have no history.
-- ``target``: the answer to learn. SQuAD: the first answer text. CoQA: the free-form ``input_text``.
-  TryoCoQA: its answer.
-- ``answers``: every gold answer, target first (CoQA dev adds its ``additional_answers``), for scoring.
+- ``history``: the conversation's previous GOLD question/answer pairs, oldest first, all of them (the
+  model input keeps the last ``turns``, default 2, when it is built). SQuAD questions have none.
+- ``answers``: every gold answer, the one to learn first (SQuAD: the first answer text; CoQA: the
+  free-form ``input_text``, its dev files adding ``additional_answers``; TryoCoQA: its answer).
 - Unanswerable questions (SQuAD 2.0 ``is_impossible`` or empty answers, CoQA "unknown", TryoCoQA
   "I can't answer that.") all get ONE no-answer text, ``no_answer`` (default ``cqa.format.NO_ANSWER``),
-  as target, in ``answers`` and in later turns' history. ``training.metrics.to_official_answer`` maps
-  it back for the official scorers.
+  as answer and in later turns' history. ``training.metrics.to_official_answer`` maps it back for the
+  official scorers.
+
+Examples stay structured until ``fit_example`` builds the model input and cuts it to the length limit
+with ``cqa.format.fit_model_input`` (the app's rule: the context loses its end, never the dialogue);
+``preprocess`` is that step for a batch of a ``datasets.Dataset.map``, as the trainer sees it, and
+``training.evaluation`` uses ``fit_example`` itself. ``prepare`` writes the structured examples as JSONL,
+which a recipe reads back as ``{name: jsonl, file: ...}``.
 
 Ids: SQuAD: the official question id. CoQA: ``f"{story_id}_{turn_id}"`` (Hub rows have no story id:
 ``f"{split}-{row_index}_{turn_id}"``). TryoCoQA: ``f"{conversation_id}_{turn_index}"``, turn_index
@@ -42,23 +47,24 @@ import random
 import sys
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from cqa.format import DEFAULT_TURNS, NO_ANSWER, build_model_input
-from training.metrics import normalize_answer
+from cqa.format import DEFAULT_TURNS, NO_ANSWER, FittedInput, build_model_input, fit_model_input
+from training.metrics import COQA_UNKNOWN, normalize_answer
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("squad_v2", "coqa", "tryocoqa")
+DATASETS = ("squad_v2", "coqa", "tryocoqa")  # read from their official formats
+JSONL = "jsonl"  # a file of structured examples, one JSON object a line (what `prepare` writes)
 SPLITS = ("train", "validation")
 HUB_DATASETS = {"squad_v2": "rajpurkar/squad_v2", "coqa": "stanfordnlp/coqa"}
 TRYOCOQA_URL = "https://raw.githubusercontent.com/tryolabs/TryoCoQA/main/tryocoqa_v1.json"
 TRYOCOQA_VALIDATION_FRACTION = 0.15
 TRYOCOQA_SPLIT_SEED = 42  # the split's own seed (never the training seed)
-COQA_UNKNOWN = "unknown"
 
 
 class DataFormatError(ValueError):
@@ -91,14 +97,55 @@ def make_example(
     history: Sequence[tuple[str, str]],
     question: str,
     answers: Sequence[str],
-    turns: int = DEFAULT_TURNS,
 ) -> dict:
-    """One training example; ``answers[0]`` is the target."""
+    """One structured example; ``answers[0]`` is the one to learn."""
     return {
         "id": example_id,
-        "input": build_model_input(context, history, question, turns),
-        "target": answers[0],
+        "context": context,
+        "history": [[q, a] for q, a in history],
+        "question": question,
         "answers": list(answers),
+    }
+
+
+def model_input(example: Mapping, turns: int = DEFAULT_TURNS) -> str:
+    """The example as one model input string, whole (what ``prepare``'s reader sees the model get)."""
+    return build_model_input(example["context"], _pairs(example), example["question"], turns)
+
+
+def fit_example(
+    tokenizer, example: Mapping, max_input_length: int, turns: int = DEFAULT_TURNS
+) -> FittedInput:
+    """The example's model input under the app's length rule (``tokenizer``: a ``tokenizers.Tokenizer``):
+    a longer input loses the end of its context, never the dialogue."""
+    try:
+        return fit_model_input(
+            tokenizer, example["context"], _pairs(example), example["question"], max_input_length, turns
+        )
+    except ValueError as error:  # the dialogue alone is too long
+        raise ValueError(f"example {example.get('id', '?')}: {error}") from None
+
+
+def _pairs(example: Mapping) -> list[tuple[str, str]]:
+    return [(q, a) for q, a in example["history"]]
+
+
+def preprocess(
+    batch: dict, tokenizer, max_input_length: int, max_target_length: int, turns: int = DEFAULT_TURNS
+) -> dict:
+    """A batch of structured examples (a ``datasets.Dataset.map`` with ``batched=True``) -> input_ids,
+    attention_mask (the input built and fitted by ``fit_example``), labels (the first answer, cut at
+    ``max_target_length`` tokens, end-of-sequence included) and truncated (whether the context was cut)."""
+    examples = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+    fitted = [fit_example(tokenizer.backend_tokenizer, e, max_input_length, turns) for e in examples]
+    inputs = tokenizer([f.text for f in fitted])
+    targets = [e["answers"][0] for e in examples]
+    labels = tokenizer(text_target=targets, max_length=max_target_length, truncation=True)
+    return {
+        "input_ids": inputs["input_ids"],
+        "attention_mask": inputs["attention_mask"],
+        "labels": labels["input_ids"],
+        "truncated": [f.truncated for f in fitted],
     }
 
 
@@ -118,11 +165,7 @@ def read_json(path: str | Path) -> Any:
 
 
 def squad_examples(
-    articles: Iterable[Mapping],
-    *,
-    no_answer: str = NO_ANSWER,
-    turns: int = DEFAULT_TURNS,
-    source: str = "SQuAD file",
+    articles: Iterable[Mapping], *, no_answer: str = NO_ANSWER, source: str = "SQuAD file"
 ) -> list[dict]:
     """Examples from the official SQuAD 2.0 JSON's ``data`` list (articles > paragraphs > qas)."""
     examples = []
@@ -143,13 +186,12 @@ def squad_examples(
                         [],
                         _field(qa, "question", qa_where),
                         texts or [no_answer],
-                        turns,
                     )
                 )
     return examples
 
 
-def squad_hub_example(row: Mapping, *, no_answer: str = NO_ANSWER, turns: int = DEFAULT_TURNS) -> dict:
+def squad_hub_example(row: Mapping, *, no_answer: str = NO_ANSWER) -> dict:
     """An example from a row of the Hub's ``rajpurkar/squad_v2``
     (id, title, context, question, answers {text: [...], answer_start: [...]})."""
     where = f"{HUB_DATASETS['squad_v2']} row {row.get('id', '?')}"
@@ -160,7 +202,6 @@ def squad_hub_example(row: Mapping, *, no_answer: str = NO_ANSWER, turns: int = 
         [],
         _field(row, "question", where),
         list(texts) or [no_answer],
-        turns,
     )
 
 
@@ -168,10 +209,7 @@ def squad_hub_example(row: Mapping, *, no_answer: str = NO_ANSWER, turns: int = 
 
 
 def conversation_examples(
-    conversation_id: str,
-    context: str,
-    turns_qa: Sequence[tuple[int, str, Sequence[str]]],
-    turns: int = DEFAULT_TURNS,
+    conversation_id: str, context: str, turns_qa: Sequence[tuple[int, str, Sequence[str]]]
 ) -> list[dict]:
     """Examples for one conversation: ``turns_qa`` holds (turn_id, question, gold answers) in order.
 
@@ -179,9 +217,7 @@ def conversation_examples(
     """
     examples, history = [], []
     for turn_id, question, answers in turns_qa:
-        examples.append(
-            make_example(f"{conversation_id}_{turn_id}", context, history, question, answers, turns)
-        )
+        examples.append(make_example(f"{conversation_id}_{turn_id}", context, history, question, answers))
         history.append((question, answers[0]))
     return examples
 
@@ -191,11 +227,7 @@ def _coqa_answer(text: str, no_answer: str) -> str:
 
 
 def coqa_examples(
-    stories: Iterable[Mapping],
-    *,
-    no_answer: str = NO_ANSWER,
-    turns: int = DEFAULT_TURNS,
-    source: str = "CoQA file",
+    stories: Iterable[Mapping], *, no_answer: str = NO_ANSWER, source: str = "CoQA file"
 ) -> list[dict]:
     """Examples from the official CoQA JSON's ``data`` list; dev files add ``additional_answers``."""
     examples = []
@@ -222,13 +254,11 @@ def coqa_examples(
                     [_coqa_answer(g, no_answer) for g in golds],
                 )
             )
-        examples += conversation_examples(story_id, _field(story, "story", where), turns_qa, turns)
+        examples += conversation_examples(story_id, _field(story, "story", where), turns_qa)
     return examples
 
 
-def coqa_hub_examples(
-    row: Mapping, story_id: str, *, no_answer: str = NO_ANSWER, turns: int = DEFAULT_TURNS
-) -> list[dict]:
+def coqa_hub_examples(row: Mapping, story_id: str, *, no_answer: str = NO_ANSWER) -> list[dict]:
     """Examples from a row of the Hub's ``stanfordnlp/coqa`` (source, story, questions: [str],
     answers {input_text: [...], answer_start, answer_end}); the row has no id, so pass one."""
     where = f"{HUB_DATASETS['coqa']} row {story_id}"
@@ -240,7 +270,7 @@ def coqa_hub_examples(
         (i + 1, q, [_coqa_answer(a, no_answer)])
         for i, (q, a) in enumerate(zip(questions, answers, strict=True))
     ]
-    return conversation_examples(story_id, _field(row, "story", where), turns_qa, turns)
+    return conversation_examples(story_id, _field(row, "story", where), turns_qa)
 
 
 def split_conversations(
@@ -286,11 +316,7 @@ def tryocoqa_validation_ids(
 
 
 def tryocoqa_examples(
-    conversations: Iterable[Mapping],
-    *,
-    no_answer: str = NO_ANSWER,
-    turns: int = DEFAULT_TURNS,
-    source: str = "TryoCoQA file",
+    conversations: Iterable[Mapping], *, no_answer: str = NO_ANSWER, source: str = "TryoCoQA file"
 ) -> list[dict]:
     """Examples from TryoCoQA conversations (conversation_id, context_id, story, questions: [str],
     answers {input_text: [...]}); its "I can't answer that." becomes ``no_answer``."""
@@ -309,9 +335,7 @@ def tryocoqa_examples(
             (i + 1, q, [no_answer if normalize_answer(a) == unanswerable else a])
             for i, (q, a) in enumerate(zip(questions, answers, strict=True))
         ]
-        examples += conversation_examples(
-            conversation_id, _field(conversation, "story", where), turns_qa, turns
-        )
+        examples += conversation_examples(conversation_id, _field(conversation, "story", where), turns_qa)
     return examples
 
 
@@ -373,19 +397,19 @@ def load_examples(
     split: str = "train",
     *,
     no_answer: str = NO_ANSWER,
-    turns: int = DEFAULT_TURNS,
     split_seed: int = TRYOCOQA_SPLIT_SEED,
     validation_ids: Sequence[str] | None = None,
 ) -> list[dict]:
-    """Examples ({id, input, target, answers}) of ``dataset`` from its official ``file``, or from
-    its home (the Hub; GitHub for TryoCoQA) when no file is given. See the module docstring.
+    """Structured examples ({id, context, history, question, answers}) of ``dataset`` from its official
+    ``file``, or from its home (the Hub; GitHub for TryoCoQA) when no file is given. See the module
+    docstring.
 
     ``split_seed`` and ``validation_ids`` (a recorded split) choose TryoCoQA's split only."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    options = {"no_answer": no_answer, "turns": turns}
+    options = {"no_answer": no_answer}
 
     if dataset == "tryocoqa":
         path = Path(file) if file is not None else download_tryocoqa()
@@ -409,9 +433,132 @@ def load_examples(
             for index, row in enumerate(tqdm(rows, desc="CoQA rows", leave=False)):
                 examples += coqa_hub_examples(row, f"{split}-{index}", **options)
 
-    unanswerable = sum(example["target"] == no_answer for example in examples)
+    unanswerable = sum(example["answers"][0] == no_answer for example in examples)
     logger.info("%s %s: %d examples (%d unanswerable)", dataset, split, len(examples), unanswerable)
     return examples
+
+
+# --- What a recipe names: dataset specs, JSONL files, the tokenized dataset --------------------------
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset split to train or evaluate on (an item of a recipe's train_datasets / eval_datasets)."""
+
+    # squad_v2 | coqa | tryocoqa (their official formats), or jsonl: a file of structured examples, one
+    # JSON object a line with context, question, answers (optional id, history), as `prepare` writes.
+    name: str
+    # A local file in the dataset's official format. None: the dataset's official home (Hugging Face
+    # Hub / GitHub). "smoke": the tiny built-in file (write_smoke_datasets).
+    file: str | None = None
+    split: str = "train"  # train | validation
+    max_examples: int | None = None  # keep only the first N examples (e.g. a quicker validation)
+
+
+def read_jsonl_examples(path: str | Path) -> list[dict]:
+    """Structured examples from a JSONL file: context, question, answers; optional id and history."""
+    examples = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataFormatError(f"{path}:{number}: not valid JSON ({error})") from None
+            if not isinstance(record, dict) or not {"context", "question", "answers"} <= set(record):
+                raise DataFormatError(
+                    f'{path}:{number}: each line needs "context", "question" and "answers" '
+                    '(and may have "id" and "history"), as `python -m training.data prepare` writes them'
+                )
+            answers = record["answers"]
+            if isinstance(answers, str) or not answers:
+                raise DataFormatError(f'{path}:{number}: "answers" must be a non-empty list of strings')
+            examples.append(
+                make_example(
+                    str(record.get("id", f"{Path(path).stem}-{number}")),
+                    record["context"],
+                    record.get("history") or [],
+                    record["question"],
+                    answers,
+                )
+            )
+    return examples
+
+
+def load_dataset_examples(
+    spec: DatasetSpec, no_answer: str = NO_ANSWER, split_seed: int = TRYOCOQA_SPLIT_SEED
+) -> list[dict]:
+    """The structured examples of one DatasetSpec (its first max_examples)."""
+    if spec.name == JSONL:
+        if not spec.file:
+            raise ValueError("a jsonl dataset needs a file")
+        examples = read_jsonl_examples(spec.file)
+    else:
+        examples = load_examples(spec.name, spec.file, spec.split, no_answer=no_answer, split_seed=split_seed)
+    if spec.max_examples is not None:
+        examples = examples[: spec.max_examples]
+    if not examples:
+        raise ValueError(f"dataset {spec.name} ({spec.file or 'official'}, {spec.split}) has no examples")
+    return examples
+
+
+def resolve_smoke_files(specs: Sequence[DatasetSpec], out_dir: str | Path) -> list[DatasetSpec]:
+    """The specs with ``file: smoke`` turned into the built-in tiny files, written to OUT_DIR/smoke-data."""
+    if not any(spec.file == "smoke" for spec in specs):
+        return list(specs)
+    files = write_smoke_datasets(Path(out_dir) / "smoke-data")
+
+    def smoke_file(spec: DatasetSpec) -> str | None:
+        if spec.file != "smoke":
+            return spec.file
+        # one file per split for SQuAD and CoQA; TryoCoQA's one file is split by load_examples
+        key = spec.name + ("_dev" if spec.split == "validation" and spec.name != "tryocoqa" else "")
+        if key not in files:
+            raise ValueError(
+                f"no built-in smoke file for {spec.name} {spec.split}; there are {sorted(files)}"
+            )
+        return str(files[key])
+
+    return [replace(spec, file=smoke_file(spec)) for spec in specs]
+
+
+def build_dataset(
+    examples: Sequence[dict],
+    tokenizer,
+    *,
+    max_input_length: int,
+    max_target_length: int,
+    turns: int = DEFAULT_TURNS,
+    what: str = "training",
+):
+    """The tokenized datasets.Dataset the trainer reads (input_ids, attention_mask, labels): one
+    ``preprocess`` map over the structured examples."""
+    import datasets
+
+    dataset = datasets.Dataset.from_list(list(examples))
+    dataset = dataset.map(
+        preprocess,
+        batched=True,
+        remove_columns=dataset.column_names,
+        fn_kwargs={
+            "tokenizer": tokenizer,
+            "max_input_length": max_input_length,
+            "max_target_length": max_target_length,
+            "turns": turns,
+        },
+        desc=f"tokenizing {what} examples",
+    )
+    cut = sum(dataset["truncated"])
+    if cut:
+        logger.info(
+            "%s: %d of %d inputs longer than %d tokens lost the end of their context",
+            what,
+            cut,
+            len(dataset),
+            max_input_length,
+        )
+    return dataset.remove_columns(["truncated"])
 
 
 def write_jsonl(examples: Iterable[Mapping], path: str | Path) -> Path:
@@ -599,7 +746,9 @@ def write_smoke_datasets(out_dir: str | Path) -> dict[str, Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.data", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    prepare = commands.add_parser("prepare", help="convert a dataset to JSONL {id, input, target, answers}")
+    prepare = commands.add_parser(
+        "prepare", help="convert a dataset to JSONL {id, context, history, question, answers}"
+    )
     prepare.add_argument("--dataset", required=True, choices=DATASETS)
     prepare.add_argument("--file", help="the official JSON file (default: download from the Hub / GitHub)")
     prepare.add_argument("--split", default="train", choices=SPLITS)
@@ -607,7 +756,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare.add_argument(
         "--no-answer", default=NO_ANSWER, help=f"target for unanswerable (default {NO_ANSWER!r})"
     )
-    prepare.add_argument("--turns", type=int, default=DEFAULT_TURNS, help="previous QA pairs in the input")
     prepare.add_argument(
         "--split-seed",
         type=int,
@@ -629,14 +777,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.file,
             args.split,
             no_answer=args.no_answer,
-            turns=args.turns,
             split_seed=args.split_seed,
         )
     except (DataFormatError, DataUnavailableError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     write_jsonl(examples, args.out)
-    unanswerable = sum(example["target"] == args.no_answer for example in examples)
+    unanswerable = sum(example["answers"][0] == args.no_answer for example in examples)
     print(f"Wrote {len(examples)} examples ({unanswerable} unanswerable) to {args.out}")
     return 0
 

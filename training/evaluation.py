@@ -34,19 +34,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cqa.format import DEFAULT_MAX_INPUT_TOKENS, NO_ANSWER, fit_model_input
+from cqa.format import DEFAULT_MAX_INPUT_TOKENS, DEFAULT_TURNS, NO_ANSWER
+from training.data import DATASETS, fit_example
 
 logger = logging.getLogger("training.evaluation")
-
-
-def fit_text(tokenizer, text: str, max_input_length: int) -> str:
-    """The model input under the app's length rule (``tokenizer``: a ``tokenizers.Tokenizer``)."""
-    from training.train import split_model_input
-
-    if len(tokenizer.encode(text).ids) <= max_input_length:
-        return text
-    context, history, question = split_model_input(text)
-    return fit_model_input(tokenizer, context, history, question, max_input_length, turns=len(history)).text
 
 
 class TorchAnswerer:
@@ -65,7 +56,7 @@ class TorchAnswerer:
         self.backend_tokenizer = self.tokenizer.backend_tokenizer
 
     def answer(self, texts: list[str], max_new_tokens: int) -> list[str]:
-        from training.train import decode
+        from training.model import decode
 
         batch = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.device)
         with self.torch.inference_mode():
@@ -101,10 +92,12 @@ def evaluate_model(
     quantized: bool = False,
     max_new_tokens: int = 128,
     max_input_length: int = DEFAULT_MAX_INPUT_TOKENS,
+    turns: int = DEFAULT_TURNS,
     batch_size: int = 1,
     out: str | Path | None = None,
 ) -> dict:
-    """Answer every example (dicts with id, input, answers) and score the answers.
+    """Answer every example (training.data's structured examples: id, context, history, question,
+    answers) and score the answers. Inputs are built and cut by training.data.fit_example, as in training.
 
     Returns {"exact", "f1" (percent), "examples", "seconds", "seconds_per_example", "model", "runtime",
     "predictions": [{"id", "prediction", "answers", "exact", "f1"}]}; with ``out``, also writes
@@ -115,7 +108,7 @@ def evaluate_model(
     if quantized and not onnx:
         raise ValueError("--quantized applies to an ONNX export: add --onnx")
     answerer = OnnxAnswerer(model, quantized) if onnx else TorchAnswerer(model, batch_size)
-    texts = [fit_text(answerer.backend_tokenizer, e["input"], max_input_length) for e in examples]
+    texts = [fit_example(answerer.backend_tokenizer, e, max_input_length, turns).text for e in examples]
     predictions: list[str] = []
     started = time.perf_counter()
     with tqdm(total=len(examples), desc="answering", unit="question") as progress:
@@ -225,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument(
         "--model", required=True, help="a checkpoint directory or Hub id (an ONNX export with --onnx)"
     )
-    parser.add_argument("--dataset", required=True, choices=["squad_v2", "coqa", "tryocoqa"])
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--file", help="the dataset in its official format (default: its official home)")
     parser.add_argument("--split", default="validation", choices=["train", "validation"])
     parser.add_argument("--onnx", action="store_true", help="run the ONNX export through the app's runtime")
@@ -234,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--max-input-length", type=int, default=DEFAULT_MAX_INPUT_TOKENS)
     parser.add_argument("--batch-size", type=int, default=1, help="PyTorch only (ONNX answers one at a time)")
     parser.add_argument("--limit", type=int, help="score only the first N examples")
-    parser.add_argument("--turns", type=int, default=2, help="previous Q/A pairs in each input")
+    parser.add_argument("--turns", type=int, default=DEFAULT_TURNS, help="previous Q/A pairs in each input")
     parser.add_argument("--no-answer", default=NO_ANSWER, help="the model's answer to unanswerable questions")
     parser.add_argument(
         "--split-seed",
@@ -272,7 +265,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
             args.file,
             args.split,
             no_answer=args.no_answer,
-            turns=args.turns,
             split_seed=TRYOCOQA_SPLIT_SEED if split_seed is None else split_seed,
             validation_ids=validation_ids,
         )
@@ -287,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             quantized=args.quantized,
             max_new_tokens=args.max_new_tokens,
             max_input_length=args.max_input_length,
+            turns=args.turns,
             batch_size=args.batch_size,
             out=args.out,
         )

@@ -1,6 +1,6 @@
 """ONNX export of a LongT5 checkpoint in the published three-file layout, with a parity gate, and int8.
 
-    python -m training.export CHECKPOINT OUT [--quantize int8] [--int8-out DIR] [--revision REV]
+    python -m training.export CHECKPOINT OUT [--quantize int8] [--revision REV]
 
 CHECKPOINT is a local folder or a Hub repo id (`org/name`): a repo is fetched with huggingface_hub's
 snapshot_download into the normal Hub cache, the weights (safetensors, else PyTorch .bin), configs and
@@ -25,12 +25,13 @@ The trace length is chosen well above 2 x global_block_size and above 3 local bl
 `if num_globals > 0` is a Python branch, frozen at trace time (tracing a short input bakes in "no global
 tokens" and breaks every longer input).
 
-`--quantize int8` also writes a dynamic-int8 copy (onnxruntime.quantization.quantize_dynamic) with the
-same file names, so the runtime loads it like any export folder. int8.json reports, on the same inputs:
-the greedy agreement with fp32 (a fraction: quantization is allowed to change some answers), and with
-fp32's tokens forced on int8, the relative logit error (`logits_close`: under 0.1 at every length) and
-the fraction of steps with the same top token. The logit error is the figure that holds for any model:
-an untrained one has near-tie logits, so its answers change under any perturbation.
+`--quantize int8` also writes dynamic-int8 copies (onnxruntime.quantization.quantize_dynamic, with
+INT8_SETTINGS) beside the fp32 files in OUT, under optimum's names (`encoder_model_quantized.onnx`, ...):
+the runtime serves them by default, `--precision fp32` the fp32 ones. OUT/int8.json reports, on the same
+inputs: the greedy agreement with fp32 (a fraction: quantization is allowed to change some answers), and
+with fp32's tokens forced on int8, the relative logit error (`logits_close`: under 0.1 at every length)
+and the fraction of steps with the same top token. The logit error is the figure that holds for any
+model: an untrained one has near-tie logits, so its answers change under any perturbation.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from cqa.hub import THREE_FILE_STEMS, hub_offline
@@ -286,6 +287,10 @@ def _card_fields_from_folder(folder: Path) -> dict:
     parity = folder / "parity.json"
     if parity.exists():
         fields["parity_max_rel_error"] = f"{max(json.loads(parity.read_text())['max_relative_error']):.1e}"
+    int8 = folder / "int8.json"
+    if int8.exists():
+        fields["variant"] = "ONNX, fp32 and dynamic int8"
+        fields["int8_agreement"] = f"{json.loads(int8.read_text())['agreement']:.2f}"
     return fields
 
 
@@ -302,15 +307,24 @@ def parity_inputs(length: int, seed: int = 0):
     return ids
 
 
-def load_ort_model(onnx_dir: str | Path, threads: int | None = None):
-    """optimum's ORTModelForSeq2SeqLM on the three-file layout (no merged decoder)."""
+def load_ort_model(onnx_dir: str | Path, threads: int | None = None, quantized: bool = False):
+    """optimum's ORTModelForSeq2SeqLM on the three-file layout (no merged decoder); ``quantized``: its
+    ``*_quantized.onnx`` files."""
     import onnxruntime
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
 
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    return ORTModelForSeq2SeqLM.from_pretrained(onnx_dir, use_merged=False, session_options=options)
+    encoder, decoder, with_past = QUANTIZED_FILES if quantized else ONNX_FILES
+    return ORTModelForSeq2SeqLM.from_pretrained(
+        onnx_dir,
+        use_merged=False,
+        session_options=options,
+        encoder_file_name=encoder,
+        decoder_file_name=decoder,
+        decoder_with_past_file_name=with_past,
+    )
 
 
 def _greedy(model, input_ids, new_tokens: int):
@@ -408,93 +422,119 @@ def check_parity(
 
 # ------------------------------------------------------------------------------------------------- int8
 
-# Dynamic int8 settings, the ones measured in bench/NOTES.md (section 2.2): signed int8 weights with
-# unsigned activations (ONNX Runtime's U8S8 VNNI kernels, so no reduce_range), per-channel scales (better
-# accuracy, same speed), MatMul only (projections, feed-forward, LM head; embeddings stay exact).
-# keep_fp32: node-name patterns left unquantized (e.g. "/lm_head/"). On four barely trained smoke models
-# keeping the LM head fp32 shrank the int8 logit noise by a quarter and got the pipeline's answer-F1 gate
-# from 0.49-0.85 to 0.97-1.00, but that is luck with near-tie logits, not a fix (bench/NOTES.md,
-# section 6), and on LongT5-base it keeps 99 MB of fp32 weights per decoder read at every token: off.
-INT8_DEFAULTS = dict(
-    per_channel=True, reduce_range=False, weight_type="QInt8", op_types=("MatMul",), keep_fp32=()
-)
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """What onnxruntime.quantization.quantize_dynamic is told; ``keep_fp32``: node-name patterns left
+    unquantized (e.g. "/lm_head/")."""
+
+    per_channel: bool
+    reduce_range: bool
+    weight_type: str  # a QuantType name: "QInt8" or "QUInt8"
+    op_types: tuple[str, ...] | None  # None: every op type the quantizer knows
+    keep_fp32: tuple[str, ...] = ()
+
+
+# The dynamic int8 settings, written once: the export and the bench both quantize with them. Measured in
+# bench/NOTES.md (section 2.2): signed int8 weights with unsigned activations (ONNX Runtime's U8S8 VNNI
+# kernels, so no reduce_range), per-channel scales (better accuracy, same speed), MatMul only
+# (projections, feed-forward, LM head; embeddings stay exact). keep_fp32: on four barely trained smoke
+# models keeping the LM head fp32 shrank the int8 logit noise by a quarter and got the pipeline's
+# answer-F1 gate from 0.49-0.85 to 0.97-1.00, but that is luck with near-tie logits, not a fix
+# (bench/NOTES.md, section 6), and on LongT5-base it keeps 99 MB of fp32 weights per decoder read at
+# every token: off.
+INT8_SETTINGS = Int8Settings(per_channel=True, reduce_range=False, weight_type="QInt8", op_types=("MatMul",))
+
+
+def quantized_name(name: str) -> str:
+    """optimum's name for the int8 copy of a file: encoder_model.onnx -> encoder_model_quantized.onnx."""
+    return name.removesuffix(".onnx") + "_quantized.onnx"
+
+
+QUANTIZED_FILES = tuple(quantized_name(name) for name in ONNX_FILES)
+
+
+def quantize_file(src: Path, dst: Path, settings: Int8Settings = INT8_SETTINGS) -> None:
+    """Dynamic-int8 copy of one ONNX file (weights int8 now, activations quantized at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        Path(src),
+        Path(dst),
+        op_types_to_quantize=list(settings.op_types) if settings.op_types else None,
+        per_channel=settings.per_channel,
+        reduce_range=settings.reduce_range,
+        weight_type=QuantType[settings.weight_type],
+        nodes_to_exclude=_nodes_named(Path(src), settings.keep_fp32),
+    )
+
+
+def quantize_folder(onnx_dir: Path, settings: Int8Settings = INT8_SETTINGS) -> list[Path]:
+    """Write ``X_quantized.onnx`` beside each ``X.onnx`` of the export in ``onnx_dir`` (optimum's
+    convention, which cqa.generator serves by default); returns the int8 files. Each one is written
+    under a hidden name first, so a failure leaves no half-written file under the real name."""
+    onnx_dir = Path(onnx_dir)
+    missing = [name for name in ONNX_FILES if not (onnx_dir / name).exists()]
+    if missing:
+        raise ExportError(f"{onnx_dir} is not an ONNX export: missing {', '.join(missing)}")
+    written = []
+    for name in ONNX_FILES:
+        target = onnx_dir / quantized_name(name)
+        partial = onnx_dir / f".{target.name}.partial"
+        try:
+            quantize_file(onnx_dir / name, partial, settings)
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+        written.append(target)
+    return written
 
 
 def quantize_int8(
     onnx_dir: str | Path,
-    out: str | Path,
+    settings: Int8Settings = INT8_SETTINGS,
     *,
-    per_channel: bool = INT8_DEFAULTS["per_channel"],
-    reduce_range: bool = INT8_DEFAULTS["reduce_range"],
-    weight_type: str = INT8_DEFAULTS["weight_type"],
-    op_types: Sequence[str] | None = INT8_DEFAULTS["op_types"],
-    keep_fp32: Sequence[str] = INT8_DEFAULTS["keep_fp32"],
     agreement_lengths: Sequence[int] = PARITY_LENGTHS,
     card: str | None = None,
 ) -> Int8Report:
-    """Dynamic-int8 copy of the fp32 export in ``onnx_dir``, written to ``out`` with the same file names.
-
-    ``keep_fp32``: nodes whose name contains one of these strings stay fp32 (default: none).
-    Reports (and writes to OUT/int8.json) the fraction of ``agreement_lengths`` where int8 and fp32
-    greedy outputs are equal. Written to a staging folder first, like the export.
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    onnx_dir, out = Path(onnx_dir), Path(out)
-    missing = [name for name in ONNX_FILES if not (onnx_dir / name).exists()]
-    if missing:
-        raise ExportError(f"{onnx_dir} is not an ONNX export: missing {', '.join(missing)}")
+    """Quantize the export in ``onnx_dir`` (quantize_folder) and check the int8 files against the fp32
+    ones (compare_int8); the report goes to ONNX_DIR/int8.json and the model card (README.md) is
+    rewritten to say the folder holds both."""
+    onnx_dir = Path(onnx_dir)
     start = time.perf_counter()
-    staging = out.with_name(f".{out.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    settings = dict(
-        per_channel=per_channel,
-        reduce_range=reduce_range,
-        weight_type=weight_type,
-        op_types=list(op_types) if op_types else None,
-        keep_fp32=list(keep_fp32),
+    files = quantize_folder(onnx_dir, settings)
+    log.info("int8: quantized %s in %.1f s", onnx_dir, time.perf_counter() - start)
+    report = Int8Report(
+        _settings_record(settings),
+        list(agreement_lengths),
+        **compare_int8(onnx_dir, agreement_lengths),
+        size_mb={path.name: round(path.stat().st_size / 1e6, 2) for path in files},
+        seconds=round(time.perf_counter() - start, 2),
     )
-    try:
-        for name in ONNX_FILES:
-            quantize_dynamic(
-                onnx_dir / name,
-                staging / name,
-                op_types_to_quantize=settings["op_types"],
-                per_channel=per_channel,
-                reduce_range=reduce_range,
-                weight_type=QuantType[weight_type],
-                nodes_to_exclude=_nodes_named(onnx_dir / name, keep_fp32),
-            )
-        for path in onnx_dir.iterdir():  # configs and tokenizer, as they are
-            if path.is_file() and path.suffix != ".onnx" and path.name not in ("README.md", "parity.json"):
-                shutil.copy(path, staging / path.name)
-        log.info("int8: quantized %s in %.1f s", onnx_dir, time.perf_counter() - start)
-        report = Int8Report(
-            settings,
-            list(agreement_lengths),
-            **compare_int8(onnx_dir, staging, agreement_lengths),
-            size_mb={name: round((staging / name).stat().st_size / 1e6, 2) for name in ONNX_FILES},
-            seconds=round(time.perf_counter() - start, 2),
-        )
-        (staging / "int8.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        (staging / "README.md").write_text(card if card is not None else _default_int8_card(report))
-        _publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    log.info("int8: %s ready, greedy agreement with fp32 %.0f%%", out, 100 * report.agreement)
+    (onnx_dir / "int8.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    (onnx_dir / "README.md").write_text(card if card is not None else _default_card(onnx_dir))
+    log.info("int8: %s ready, greedy agreement with fp32 %.0f%%", onnx_dir, 100 * report.agreement)
     return report
 
 
-def compare_int8(fp32_dir: str | Path, int8_dir: str | Path, lengths: Sequence[int] = PARITY_LENGTHS) -> dict:
-    """int8 against fp32 on the parity inputs, per length: whether free greedy runs give the same tokens
-    (``greedy_equal``), and with fp32's tokens forced on int8 (``max_relative_error``: max |int8 - fp32|
-    / max |fp32| over the logits; ``top_token_equal``: the fraction of steps whose top token is the same).
+def _settings_record(settings: Int8Settings) -> dict:
+    """The settings as int8.json (and the model card) record them: lists, None for every op type."""
+    record = asdict(settings)
+    record["op_types"] = list(settings.op_types) if settings.op_types else None
+    record["keep_fp32"] = list(settings.keep_fp32)
+    return record
+
+
+def compare_int8(onnx_dir: str | Path, lengths: Sequence[int] = PARITY_LENGTHS) -> dict:
+    """The int8 files of ``onnx_dir`` against its fp32 ones on the parity inputs, per length: whether
+    free greedy runs give the same tokens (``greedy_equal``), and with fp32's tokens forced on int8
+    (``max_relative_error``: max |int8 - fp32| / max |fp32| over the logits; ``top_token_equal``: the
+    fraction of steps whose top token is the same).
 
     The logit error is the figure that does not depend on how decided the model is: a model whose top
     two logits are near-ties (an untrained one) changes answers under any perturbation, a correct int8
     copy still stays within a few percent of fp32's logits."""
-    fp32, int8 = load_ort_model(fp32_dir), load_ort_model(int8_dir)
+    fp32, int8 = load_ort_model(onnx_dir), load_ort_model(onnx_dir, quantized=True)
     equal, errors, top_equal = [], [], []
     for length in lengths:
         input_ids = parity_inputs(length)
@@ -509,16 +549,12 @@ def compare_int8(fp32_dir: str | Path, int8_dir: str | Path, lengths: Sequence[i
 
 def _nodes_named(path: Path, patterns: Sequence[str]) -> list[str]:
     """Names of the graph's nodes that contain one of ``patterns`` (weights are not loaded)."""
+    if not patterns:
+        return []
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
     return [node.name for node in graph.node if any(pattern in node.name for pattern in patterns)]
-
-
-def _default_int8_card(report: Int8Report) -> str:
-    from training.publish import render_card
-
-    return render_card({"variant": "ONNX, dynamic int8", "int8_agreement": f"{report.agreement:.2f}"})
 
 
 # -------------------------------------------------------------------------------------------------- CLI
@@ -531,13 +567,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="a PyTorch LongT5 checkpoint: a folder, or a Hub repo id org/name")
     parser.add_argument("out", type=Path, help="the export folder to write")
     parser.add_argument("--revision", help="with a Hub repo id: the branch, tag or commit (default: main)")
-    parser.add_argument("--quantize", choices=["int8"], help="also write a dynamic-int8 copy")
-    parser.add_argument("--int8-out", type=Path, help="where the int8 copy goes (default: OUT-int8)")
+    parser.add_argument(
+        "--quantize", choices=["int8"], help="also write dynamic-int8 copies, *_quantized.onnx, into OUT"
+    )
     parser.add_argument(
         "--per-tensor", action="store_true", help="int8: one scale per tensor, not per channel"
     )
     parser.add_argument(
-        "--op-types", nargs="+", default=list(INT8_DEFAULTS["op_types"]), help="int8: the ops to quantize"
+        "--op-types", nargs="+", default=list(INT8_SETTINGS.op_types or ()), help="int8: the ops to quantize"
     )
     parser.add_argument("--no-fast-attention", action="store_true", help="export the attention as is")
     parser.add_argument("--trace-length", type=int, help="tokens in the tracing input (default: automatic)")
@@ -556,14 +593,10 @@ def main(argv: list[str] | None = None) -> int:
             revision=args.revision,
         )
         if args.quantize == "int8":
-            int8_out = args.int8_out or args.out.with_name(args.out.name + "-int8")
-            quantize_int8(
-                args.out,
-                int8_out,
-                per_channel=not args.per_tensor,
-                op_types=args.op_types,
-                agreement_lengths=args.parity_lengths,
+            settings = replace(
+                INT8_SETTINGS, per_channel=not args.per_tensor, op_types=tuple(args.op_types) or None
             )
+            quantize_int8(args.out, settings, agreement_lengths=args.parity_lengths)
     except (ExportError, ParityError) as error:
         print(f"export failed: {error}", file=sys.stderr)
         return 1

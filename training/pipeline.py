@@ -13,13 +13,14 @@ after a step that ran is redone). A stage trained elsewhere (`accelerate launch 
                          a stage redone because an earlier step ran starts over (OUT/stageN removed)
     model                the last stage's best checkpoint, copied to OUT/model
     export               OUT/onnx: three-file ONNX export behind the parity gate (training.export)
-    int8                 OUT/onnx-int8: dynamic int8, same file names (greedy agreement with fp32)
+    int8                 OUT/onnx/*_quantized.onnx: dynamic int8 copies beside the fp32 files; int8.json
+                         (greedy agreement and logit error against fp32)
     evaluation           fp32 and int8 ONNX answers on the last stage's validation questions: F1/EM
                          against the gold answers, and token F1 of int8 against fp32 (gate: >= 0.95);
                          every answer in OUT/evaluation.json
-    cards                README.md in OUT/model, OUT/onnx, OUT/onnx-int8 from model_card.md
-    push                 --push-to-hub ORG/NAME: OUT/model -> ORG/NAME; OUT/onnx and the int8 files (as
-                         *_quantized.onnx) -> ORG/NAME-onnx. With --dry-run: the file list only.
+    cards                README.md in OUT/model and OUT/onnx from model_card.md
+    push                 --push-to-hub ORG/NAME: OUT/model -> ORG/NAME; OUT/onnx (fp32 and int8 files) ->
+                         ORG/NAME-onnx. With --dry-run: the file list only.
 
 OUT/results.json gathers every figure: per stage f1, exact, epochs, best step and seconds; the export's
 parity figures; int8 agreement and F1.
@@ -35,10 +36,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from training import export
-from training.publish import Upload, folder_files, push, quantized_files, render_card
+from training.publish import Upload, folder_files, push, render_card
+from training.recipe import Recipe
 
 log = logging.getLogger("training.pipeline")
 
@@ -55,52 +58,72 @@ class GateError(RuntimeError):
 # ------------------------------------------------------------------------------------------- the steps
 
 
-def _stage_recipe(number: int, recipe_path: Path, out: Path, start_model: str | None):
-    from training.train import load_recipe
+@dataclass(frozen=True)
+class Step:
+    """One step of the release: skipped when its outputs are complete and no earlier step ran.
 
-    overrides = {"output_dir": str(out / f"stage{number}"), "resume_from_checkpoint": True}
-    if start_model:
-        overrides["model"] = start_model
-    return load_recipe(recipe_path, **overrides)
+    ``run`` is told whether an earlier step ran in this call (a training stage then starts over);
+    ``complete`` replaces the outputs check when a step needs more than files existing."""
+
+    name: str
+    outputs: tuple[Path, ...]
+    run: Callable[[bool], object]
+    complete: Callable[[], bool] | None = None
+
+    def is_complete(self) -> bool:
+        return self.complete() if self.complete else all(path.exists() for path in self.outputs)
 
 
-def train_stage(
-    number: int, recipe_path: Path, out: Path, start_model: str | None, fresh: bool = False
-) -> None:
-    """Train one stage into OUT/stageN, resuming from its last checkpoint if there is one; ``fresh``:
-    remove OUT/stageN first and start over (its checkpoints came from an older starting model)."""
+def stage_recipes(configs: Sequence[str | Path], out: Path, start_model: str | None) -> list[Recipe]:
+    """Each stage's recipe, loaded once: OUT/stageN as output_dir, resuming from its last checkpoint,
+    stage 1 from ``start_model`` (when given) and stage N+1 from stage N's best checkpoint."""
+    from training.recipe import load_recipe
+
+    recipes = []
+    for number, path in enumerate(configs, 1):
+        overrides: dict = {"output_dir": str(out / f"stage{number}"), "resume_from_checkpoint": True}
+        model = start_model if number == 1 else str(out / f"stage{number - 1}" / "best")
+        if model:
+            overrides["model"] = model
+        recipes.append(load_recipe(path, **overrides))
+    return recipes
+
+
+def train_stage(number: int, recipe: Recipe, fresh: bool = False) -> None:
+    """Train one stage into its output_dir (OUT/stageN), resuming from its last checkpoint if there is
+    one; ``fresh``: remove OUT/stageN first and start over (its checkpoints came from an older start)."""
     from training.train import train
 
-    stage_dir = out / f"stage{number}"
+    stage_dir = Path(recipe.training_args.output_dir)
     if fresh and stage_dir.exists():
         log.info("[pipeline] stage%d: an earlier step ran, so %s is stale: starting over", number, stage_dir)
         shutil.rmtree(stage_dir)
-    train(_stage_recipe(number, recipe_path, out, start_model))
+    train(recipe)
 
 
-def stage_result(number: int, recipe_path: Path, out: Path, start_model: str | None) -> dict:
+def stage_result(number: int, recipe: Recipe, config: str | Path | None = None) -> dict:
     """What results.json records of a finished stage: its recipe's settings and training.train's result
     (read from OUT/stageN/results.json, so stages trained elsewhere, e.g. with accelerate launch, count)."""
-    recipe = _stage_recipe(number, recipe_path, out, start_model)
-    result = json.loads((out / f"stage{number}" / "results.json").read_text())
+    result = json.loads((Path(recipe.training_args.output_dir) / "results.json").read_text())
     summary = _recipe_summary(recipe, result.get("world_size"))
-    return {"name": f"stage{number}", "recipe": str(recipe_path), **summary, **result}
+    return {"name": f"stage{number}", "recipe": str(config), **summary, **result}
 
 
-def _recipe_summary(recipe, processes: int | None = None) -> dict:
+def _recipe_summary(recipe: Recipe, processes: int | None = None) -> dict:
     """The recipe's settings the card shows; batch_size is the examples per optimizer step, counting
     every process the stage ran on (results.json's world_size; 1 when it does not say)."""
     from training.train import examples_per_optimizer_step
 
+    model, data, args = recipe
     return {
-        "model": recipe.model,
-        "data": " + ".join(spec.name for spec in recipe.train_datasets),
-        "learning_rate": recipe.learning_rate,
+        "model": model.model,
+        "data": " + ".join(spec.name for spec in data.train_datasets),
+        "learning_rate": args.learning_rate,
         "batch_size": examples_per_optimizer_step(
-            recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps, processes or 1
+            args.per_device_train_batch_size, args.gradient_accumulation_steps, processes or 1
         ),
-        "max_input_tokens": recipe.max_input_length,
-        "num_train_epochs": recipe.num_train_epochs,
+        "max_input_tokens": data.max_input_length,
+        "num_train_epochs": args.num_train_epochs,
     }
 
 
@@ -112,59 +135,41 @@ def copy_model(best: Path, model_dir: Path) -> None:
     staging.rename(model_dir)
 
 
-def validation_examples(recipe_path: Path, out: Path, number: int) -> tuple[list[dict], object]:
-    """The last stage's validation examples (as its trainer saw them) and its recipe."""
-    from training.train import load_dataset_examples, load_recipe, resolve_smoke_and_tiny
-
-    recipe = load_recipe(recipe_path, output_dir=str(out / f"stage{number}"), model=str(out / "model"))
-    recipe = resolve_smoke_and_tiny(recipe)
-    return [e for spec in recipe.eval_datasets for e in load_dataset_examples(spec, recipe)], recipe
-
-
-def onnx_answers(
-    onnx_dir: Path, examples: Sequence[dict], max_input_tokens: int, max_new_tokens: int
-) -> list:
-    """Greedy answers of the cqa runtime (what the app serves), inputs cut like in training."""
-    from cqa.format import fit_model_input
-    from cqa.generator import Seq2SeqGenerator
-    from training.train import split_model_input
-
-    generator = Seq2SeqGenerator.load(onnx_dir)
-    answers = []
-    for example in examples:
-        text = example["input"]
-        if generator.count_tokens(text) > max_input_tokens:
-            context, history, question = split_model_input(text)
-            text = fit_model_input(
-                generator.tokenizer, context, history, question, max_input_tokens, len(history)
-            ).text
-        answers.append(generator.generate(text, max_new_tokens).text)
-    return answers
-
-
-def evaluation_step(recipe_path: Path, out: Path, number: int, int8_dir: Path | None) -> dict:
-    """fp32 (and int8) ONNX answers on the last stage's validation questions; the int8 gate."""
+def evaluation_step(recipe: Recipe, onnx_dir: Path, int8: bool) -> dict:
+    """fp32 (and int8) answers of the ONNX export through the app's runtime (training.evaluation) on the
+    last stage's validation questions, as its trainer saw them; the int8 gate."""
+    from training.data import load_dataset_examples, resolve_smoke_files
+    from training.evaluation import evaluate_model
     from training.metrics import score
 
-    examples, recipe = validation_examples(recipe_path, out, number)
+    model, data, args = recipe
+    specs = resolve_smoke_files(data.eval_datasets, args.output_dir)
+    examples = [e for spec in specs for e in load_dataset_examples(spec, data.no_answer, data.split_seed)]
+    options = {
+        "onnx": True,
+        "max_new_tokens": model.eval_max_new_tokens,
+        "max_input_length": data.max_input_length,
+        "turns": data.turns,
+    }
+    fp32 = [p["prediction"] for p in evaluate_model(onnx_dir, examples, **options)["predictions"]]
     gold = [e["answers"] for e in examples]
-    fp32 = onnx_answers(out / "onnx", examples, recipe.max_input_length, recipe.eval_max_new_tokens)
     result = {
-        "dataset": " + ".join(f"{s.name} {s.split}" for s in recipe.eval_datasets),
+        "dataset": " + ".join(f"{s.name} {s.split}" for s in specs),
         "examples": len(examples),
         "onnx_fp32": score(fp32, gold),
     }
-    int8 = None
-    if int8_dir is not None:
-        int8 = onnx_answers(int8_dir, examples, recipe.max_input_length, recipe.eval_max_new_tokens)
-        agreement = score(int8, [[answer] for answer in fp32])  # fp32's answer as the only gold one
-        result["onnx_int8"] = score(int8, gold)
+    answers_int8 = None
+    if int8:
+        predictions = evaluate_model(onnx_dir, examples, quantized=True, **options)["predictions"]
+        answers_int8 = [p["prediction"] for p in predictions]
+        agreement = score(answers_int8, [[answer] for answer in fp32])  # fp32's answer as the only gold
+        result["onnx_int8"] = score(answers_int8, gold)
         result["int8_vs_fp32_f1"] = agreement["f1"] / 100
         result["int8_vs_fp32_exact"] = agreement["exact"] / 100
         result["int8_gate_passed"] = result["int8_vs_fp32_f1"] >= INT8_MIN_F1
     result["predictions"] = [
-        {"id": example["id"], "gold": example["answers"], "fp32": fp32[i], "int8": int8[i] if int8 else None}
-        for i, example in enumerate(examples)
+        {"id": e["id"], "gold": e["answers"], "fp32": fp32[i], "int8": answers_int8[i] if int8 else None}
+        for i, e in enumerate(examples)
     ]
     return result
 
@@ -232,7 +237,8 @@ def card_fields(results: dict, repo_id: str | None, smoke: bool) -> dict:
 
 def write_cards(out: Path, results: dict, repo_id: str | None, smoke: bool) -> None:
     fields = card_fields(results, repo_id, smoke)
-    variants = {"model": "PyTorch", "onnx": "ONNX", "onnx-int8": "ONNX, dynamic int8"}
+    int8 = (out / "onnx" / "int8.json").exists() and "int8" in results
+    variants = {"model": "PyTorch", "onnx": "ONNX, fp32 and dynamic int8" if int8 else "ONNX"}
     for folder, variant in variants.items():
         if (out / folder).is_dir():
             (out / folder / "README.md").write_text(render_card({**fields, "variant": variant}))
@@ -242,15 +248,69 @@ def write_cards(out: Path, results: dict, repo_id: str | None, smoke: bool) -> N
 
 
 def uploads(out: Path, repo_id: str, int8: bool = True) -> list[Upload]:
-    """ORG/NAME gets OUT/model; ORG/NAME-onnx gets OUT/onnx plus the int8 files as *_quantized.onnx."""
-    onnx_files = folder_files(out / "onnx")
+    """ORG/NAME gets OUT/model; ORG/NAME-onnx gets OUT/onnx, its int8 files (*_quantized.onnx) included
+    unless ``int8`` is off."""
+    int8_files = [] if int8 else ["*_quantized.onnx", "int8.json"]
+    return [
+        Upload(repo_id, folder_files(out / "model")),
+        Upload(f"{repo_id}-onnx", folder_files(out / "onnx", leave_out=int8_files)),
+    ]
+
+
+def release_steps(
+    configs: Sequence[str | Path], out: Path, recipes: Sequence[Recipe], *, smoke: bool, int8: bool
+) -> list[Step]:
+    """The release as data: every step with the outputs that make it complete and what runs it."""
+    from training.tiny import save_tiny
+
+    onnx, last = out / "onnx", len(recipes)
+    steps = []
+    if smoke:  # stage 1's starting point: a tiny random LongT5 with the T5-layout tokenizer
+        base = out / "base"
+        steps.append(Step("base", (base / "model" / "config.json",), lambda _: save_tiny(base, onnx=False)))
+    for number, recipe in enumerate(recipes, 1):
+        stage = out / f"stage{number}"
+        # If an earlier step ran (a new base or earlier stage), this stage's checkpoints were trained
+        # from the old one and resuming would keep them (a finished run trains nothing more): it starts
+        # over. Otherwise it resumes, as an interrupted stage should.
+        steps.append(
+            Step(
+                f"stage{number}",
+                (stage / "results.json", stage / "best" / "config.json"),
+                lambda earlier_ran, n=number, r=recipe: train_stage(n, r, fresh=earlier_ran),
+            )
+        )
+    best = out / f"stage{last}" / "best"
+    steps.append(Step("model", (out / "model" / "config.json",), lambda _: copy_model(best, out / "model")))
+    export_files = (*(onnx / name for name in export.ONNX_FILES), onnx / "parity.json")
+    steps.append(Step("export", export_files, lambda _: export.export_onnx(out / "model", onnx)))
     if int8:
-        onnx_files += quantized_files(out / "onnx-int8")
-    return [Upload(repo_id, folder_files(out / "model")), Upload(f"{repo_id}-onnx", onnx_files)]
+        int8_files = (onnx / "int8.json", *(onnx / name for name in export.QUANTIZED_FILES))
+        steps.append(Step("int8", int8_files, lambda _: export.quantize_int8(onnx)))
+    evaluation = out / "evaluation.json"  # with every prediction; results.json gets the scores
+
+    def evaluate(_) -> None:
+        result = evaluation_step(recipes[-1], onnx, int8)
+        evaluation.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+
+    def evaluated() -> bool:  # the int8 figures too, when int8 is on
+        return evaluation.exists() and (not int8 or "int8_vs_fp32_f1" in json.loads(evaluation.read_text()))
+
+    steps.append(Step("evaluation", (evaluation,), evaluate, complete=evaluated))
+    return steps
 
 
-def _complete(*paths: Path) -> bool:
-    return all(path.exists() for path in paths)
+def collect_results(out: Path, recipes: Sequence[Recipe], configs: Sequence[str | Path], int8: bool) -> dict:
+    """The figures of every finished step, read from the files the steps wrote."""
+    results: dict = {
+        "stages": [stage_result(n, r, c) for n, (r, c) in enumerate(zip(recipes, configs, strict=True), 1)]
+    }
+    results["export"] = json.loads((out / "onnx" / "parity.json").read_text())
+    if int8:
+        results["int8"] = json.loads((out / "onnx" / "int8.json").read_text())
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    results["evaluation"] = {k: v for k, v in evaluation.items() if k != "predictions"}
+    return results
 
 
 def run_pipeline(
@@ -267,92 +327,38 @@ def run_pipeline(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
-    results: dict = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results.update(smoke=smoke, configs=[str(c) for c in configs])
-    results.setdefault("steps", {})
-    ran_before = False  # once a step runs, every later step runs too (its inputs changed)
+    previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results: dict = {"smoke": smoke, "configs": [str(c) for c in configs], "steps": previous.get("steps", {})}
+    recipes = stage_recipes(configs, out, str(out / "base" / "model") if smoke else None)
 
-    def step(name: str, done: bool, action: Callable[[], object]) -> None:
-        nonlocal ran_before
-        if done and not ran_before:
-            log.info("[pipeline] %-10s skipped: outputs complete", name)
-            results["steps"][name] = {**results["steps"].get(name, {}), "skipped": True}
-            return
-        log.info("[pipeline] %-10s running", name)
+    earlier_ran = False  # once a step runs, every later step runs too (its inputs changed)
+    for step in release_steps(configs, out, recipes, smoke=smoke, int8=int8):
+        if step.is_complete() and not earlier_ran:
+            log.info("[pipeline] %-10s skipped: outputs complete", step.name)
+            results["steps"][step.name] = {**results["steps"].get(step.name, {}), "skipped": True}
+            continue
+        log.info("[pipeline] %-10s running", step.name)
         start = time.perf_counter()
-        action()
+        step.run(earlier_ran)
         seconds = round(time.perf_counter() - start, 2)
-        ran_before = True
-        results["steps"][name] = {"seconds": seconds, "skipped": False}
+        earlier_ran = True
+        results["steps"][step.name] = {"seconds": seconds, "skipped": False}
         results_path.write_text(json.dumps(results, indent=2) + "\n")  # progress survives a crash
-        log.info("[pipeline] %-10s done in %.1f s", name, seconds)
+        log.info("[pipeline] %-10s done in %.1f s", step.name, seconds)
 
-    # Stage 1's starting point for --smoke: a tiny random LongT5 with the T5-layout tokenizer.
-    start_model: str | None = None
-    if smoke:
-        from training.tiny import save_tiny
-
-        base = out / "base"
-        step("base", _complete(base / "model" / "config.json"), lambda: save_tiny(base, onnx=False))
-        start_model = str(base / "model")
-
-    stages = []
-    for number, recipe_path in enumerate(configs, 1):
-        stage_dir, recipe_path = out / f"stage{number}", Path(recipe_path)
-        # If an earlier step ran (a new base or earlier stage; ran_before is read when the step runs),
-        # this stage's checkpoints were trained from the old one and resuming would keep them (a
-        # finished run trains nothing more): it starts over. Otherwise it resumes, as an interrupted
-        # stage should.
-        step(
-            f"stage{number}",
-            _complete(stage_dir / "results.json", stage_dir / "best" / "config.json"),
-            lambda n=number, r=recipe_path, m=start_model: train_stage(n, r, out, m, fresh=ran_before),
-        )
-        stages.append(stage_result(number, recipe_path, out, start_model))
-        results["stages"] = stages
-        start_model = str(stage_dir / "best")
-
-    last = len(configs)
-    step(
-        "model",
-        _complete(out / "model" / "config.json"),
-        lambda: copy_model(out / f"stage{last}" / "best", out / "model"),
-    )
-
-    onnx = out / "onnx"
-    step(
-        "export",
-        _complete(*(onnx / name for name in (*export.ONNX_FILES, "parity.json"))),
-        lambda: export.export_onnx(out / "model", onnx),
-    )
-    results["export"] = json.loads((onnx / "parity.json").read_text())
-
-    int8_dir = out / "onnx-int8" if int8 else None
-    results.pop("int8", None)
-    if int8_dir:
-        step("int8", _complete(int8_dir / "int8.json"), lambda: export.quantize_int8(onnx, int8_dir))
-        results["int8"] = json.loads((int8_dir / "int8.json").read_text())
-
-    evaluation_path = out / "evaluation.json"  # with every prediction; results.json gets the scores
-
-    def evaluate() -> None:
-        evaluation = evaluation_step(Path(configs[-1]), out, last, int8_dir)
-        evaluation_path.write_text(json.dumps(evaluation, indent=2, ensure_ascii=False) + "\n")
-
-    evaluated = evaluation_path.exists() and (
-        not int8 or "int8_vs_fp32_f1" in json.loads(evaluation_path.read_text())
-    )
-    step("evaluation", evaluated, evaluate)
-    evaluation = json.loads(evaluation_path.read_text())
-    results["evaluation"] = {k: v for k, v in evaluation.items() if k != "predictions"}
-    step("cards", False, lambda: write_cards(out, results, push_to_hub, smoke))
+    results.update(collect_results(out, recipes, configs, int8))
+    log.info("[pipeline] %-10s running", "cards")
+    write_cards(out, results, push_to_hub, smoke)
+    log.info("[pipeline] %-10s done in 0.0 s", "cards")
+    results["steps"]["cards"] = {"seconds": 0.0, "skipped": False}
     results_path.write_text(json.dumps(results, indent=2) + "\n")
 
+    evaluation = results["evaluation"]
     if int8 and not evaluation.get("int8_gate_passed", False):
         raise GateError(
             f"int8 answers differ from fp32 answers: token F1 {evaluation['int8_vs_fp32_f1']:.3f} < "
             f"{INT8_MIN_F1} on {evaluation['examples']} validation questions; not publishing. Try other "
-            "quantizer settings (training.export.quantize_int8) or publish without int8 (--no-int8)."
+            "quantizer settings (training.export.Int8Settings) or publish without int8 (--no-int8)."
         )
     if push_to_hub:
         for upload in uploads(out, push_to_hub, int8):

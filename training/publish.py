@@ -58,8 +58,11 @@ class Upload:
         return "\n".join([f"{self.repo_id}: {len(sizes)} files, {total / 1e6:.2f} MB", *rows])
 
 
-def folder_files(folder: str | Path, prefix: str = "") -> list[tuple[Path, str]]:
-    """The files of ``folder`` an upload sends (IGNORE_PATTERNS left out), as (local, path in repo)."""
+def folder_files(
+    folder: str | Path, prefix: str = "", leave_out: list[str] | None = None
+) -> list[tuple[Path, str]]:
+    """The files of ``folder`` an upload sends (IGNORE_PATTERNS and ``leave_out`` patterns left out), as
+    (local, path in repo)."""
     from huggingface_hub.utils import filter_repo_objects
 
     folder = Path(folder)
@@ -67,18 +70,9 @@ def folder_files(folder: str | Path, prefix: str = "") -> list[tuple[Path, str]]
         raise FileNotFoundError(f"{folder} does not exist: nothing to upload")
     paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     return [
-        (folder / path, prefix + path) for path in filter_repo_objects(paths, ignore_patterns=IGNORE_PATTERNS)
+        (folder / path, prefix + path)
+        for path in filter_repo_objects(paths, ignore_patterns=[*IGNORE_PATTERNS, *(leave_out or [])])
     ]
-
-
-def quantized_files(int8_folder: str | Path) -> list[tuple[Path, str]]:
-    """The int8 export's ONNX files under the names ONNX Runtime loaders look for next to the fp32
-    ones (``encoder_model_quantized.onnx``, ...; cqa.hub's ``quantized=True``), plus its report."""
-    folder = Path(int8_folder)
-    files = [(path, path.stem + "_quantized.onnx") for path in sorted(folder.glob("*.onnx"))]
-    if (folder / "int8.json").exists():
-        files.append((folder / "int8.json", "int8.json"))
-    return files
 
 
 def push(
@@ -91,8 +85,8 @@ def push(
 ) -> Upload:
     """Create the model repo if needed and upload the files in one commit; ``dry_run``: no network.
 
-    One create_commit rather than upload_folder: the ONNX repo gets two folders (fp32, and int8 under
-    new names) in a single commit, so a reader never sees one without the other.
+    One create_commit rather than upload_folder: the ONNX repo gets the fp32 and the int8 files
+    (``*_quantized.onnx``) in a single commit, so a reader never sees one without the other.
     """
     if not REPO_ID.match(upload.repo_id):
         raise ValueError(f"{upload.repo_id!r} is not a Hub repo id: expected ORG/NAME")

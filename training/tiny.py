@@ -16,6 +16,7 @@ import string
 from pathlib import Path
 
 from cqa.format import ADDED_TOKENS
+from training.model import ADDED_TOKEN_IDS
 
 T5_VOCAB_SIZE = 32_000  # SentencePiece pieces; then 100 sentinels, then our 3 added tokens
 MODEL_VOCAB_SIZE = 32_128  # google/long-t5-tglobal-base pads its embedding matrix to this
@@ -70,8 +71,8 @@ def build_tokenizer(spiece_model: str | Path | None = None):
         tokenizer.add_special_tokens({"additional_special_tokens": sentinels})
     added = tokenizer.add_tokens(list(ADDED_TOKENS))
     ids = tokenizer.convert_tokens_to_ids(list(ADDED_TOKENS))
-    if added != len(ADDED_TOKENS) or ids != [32100, 32101, 32102]:
-        raise RuntimeError(f"added tokens landed at {ids}, expected [32100, 32101, 32102]")
+    if added != len(ADDED_TOKENS) or ids != ADDED_TOKEN_IDS:
+        raise RuntimeError(f"added tokens landed at {ids}, expected {ADDED_TOKEN_IDS}")
     return tokenizer
 
 
