@@ -51,12 +51,6 @@ QUICK_SHAPES = dict(
     BASE_SHAPES, d_model=128, d_ff=256, d_kv=32, num_layers=2, num_decoder_layers=2, num_heads=4
 )
 
-# The int8 settings (also what bench/NOTES.md recommends to the release export): dynamic quantization
-# of MatMul weights, signed 8-bit, one scale per output channel, activations quantized per call (uint8);
-# the embedding tables (Gather) too: same speed, ~250 MB less memory (three copies of 32128 x 768).
-INT8_SETTINGS = dict(op_types_to_quantize=["MatMul", "Gather"], per_channel=True, reduce_range=False)
-
-ONNX_FILES = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
 PARITY_LENGTHS = (8, 300, 1500)  # export gate lengths used here (the release export checks up to 5000)
 DEFAULT_VARIANT = "runtime-int8"  # the app's default configuration (see bench/NOTES.md)
 ALL_VARIANTS = (
@@ -122,44 +116,29 @@ def build_model(paths: Paths, quick: bool) -> None:
 def export(paths: Paths, out: Path, fast: bool) -> None:
     if _done(out, _export_stamp(fast)):
         return
-    import inspect
-
     from training.export import export_onnx
-    from training.onnx_patches import patch_longt5_for_export
 
     print(f"exporting ({'fast attention' if fast else 'stock graph'}) to {out}", flush=True)
     shutil.rmtree(out, ignore_errors=True)
-    if "fast_attention" in inspect.signature(export_onnx).parameters:
-        # The release export: its parity gate at a few lengths (the long ones are slow in PyTorch).
-        # The stock graph fails below 16 tokens (no global token: a Reshape to size 0), so its gate skips 8.
-        lengths = PARITY_LENGTHS if fast else tuple(n for n in PARITY_LENGTHS if n >= 16)
-        export_onnx(paths.model, out, fast_attention=fast, parity_lengths=lengths)
-    else:
-        with patch_longt5_for_export(None, fast_attention=fast):
-            export_onnx(paths.model, out)
+    # The release export with its parity gate at a few lengths (the long ones are slow in PyTorch).
+    # The stock graph fails below 16 tokens (no global token: a Reshape to size 0), so its gate skips 8.
+    lengths = PARITY_LENGTHS if fast else tuple(n for n in PARITY_LENGTHS if n >= 16)
+    export_onnx(paths.model, out, fast_attention=fast, parity_lengths=lengths)
     _mark_done(out, _export_stamp(fast))
 
 
 def quantize(export_dir: Path) -> None:
-    """Write the int8 files next to the fp32 ones: X.onnx -> X_quantized.onnx.
+    """The int8 files next to the fp32 ones (X.onnx -> X_quantized.onnx), with the export's own function
+    and settings, so the bench measures what `training.export --quantize int8` ships."""
+    from training.export import INT8_SETTINGS, ONNX_FILES, quantize_file, quantized_name
 
-    (The release export's own int8 step, when it lands in training/export.py, should use the same
-    settings: INT8_SETTINGS, documented in bench/NOTES.md.)
-    """
     marker = export_dir / ".int8-complete"
-    if marker.exists() and marker.read_text() == json.dumps(INT8_SETTINGS):
+    if marker.exists() and marker.read_text() == repr(INT8_SETTINGS):
         return
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs a line per node at INFO/WARNING
-
     print(f"quantizing {export_dir} ({INT8_SETTINGS})", flush=True)
     for name in ONNX_FILES:
-        target = export_dir / name.replace(".onnx", "_quantized.onnx")
-        quantize_dynamic(export_dir / name, target, weight_type=QuantType.QInt8, **INT8_SETTINGS)
-    marker.write_text(json.dumps(INT8_SETTINGS))  # other settings later: quantized again
+        quantize_file(export_dir / name, export_dir / quantized_name(name), INT8_SETTINGS)
+    marker.write_text(repr(INT8_SETTINGS))  # other settings later: quantized again
 
 
 def prepare(paths: Paths, quick: bool, variants: list[str]) -> None:
@@ -204,17 +183,6 @@ class _Timer:
         return timed
 
 
-def _session_options(threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return options
-
-
 def _hf_answer_fn(variant: str, paths: Paths, threads: int, new_tokens: int):
     """(answer(text) -> (seconds, encoder_seconds, input_tokens, output_tokens)) for the HF-style paths."""
     import torch
@@ -232,8 +200,10 @@ def _hf_answer_fn(variant: str, paths: Paths, threads: int, new_tokens: int):
     else:
         from optimum.onnxruntime import ORTModelForSeq2SeqLM
 
+        from cqa.generator import session_options  # the app's options, so only the graph path differs
+
         model = ORTModelForSeq2SeqLM.from_pretrained(
-            paths.stock, use_cache=True, use_merged=False, session_options=_session_options(threads)
+            paths.stock, use_cache=True, use_merged=False, session_options=session_options(threads)
         )
         model.encoder.forward = timer.wrap(model.encoder.forward)
 
@@ -259,7 +229,7 @@ def _hf_answer_fn(variant: str, paths: Paths, threads: int, new_tokens: int):
             (seconds - timer.seconds) / tokens,
         )
 
-    return tokenizer, answer
+    return tokenizer, answer, None
 
 
 def _runtime_answer_fn(variant: str, paths: Paths, threads: int, new_tokens: int):
@@ -290,7 +260,7 @@ def _runtime_answer_fn(variant: str, paths: Paths, threads: int, new_tokens: int
             decode,
         )
 
-    return tokenizer, answer
+    return tokenizer, answer, generator.warmup
 
 
 def peak_rss_mb() -> float:
@@ -304,11 +274,16 @@ def peak_rss_mb() -> float:
 
 def worker(variant: str, paths: Paths, context_tokens: int, runs: int, new_tokens: int, threads: int) -> dict:
     if variant.startswith("runtime"):
-        tokenizer, answer = _runtime_answer_fn(variant, paths, threads, new_tokens)
+        tokenizer, answer, app_warmup = _runtime_answer_fn(variant, paths, threads, new_tokens)
     else:
-        tokenizer, answer = _hf_answer_fn(variant, paths, threads, new_tokens)
+        tokenizer, answer, app_warmup = _hf_answer_fn(variant, paths, threads, new_tokens)
     text = make_input(tokenizer, context_tokens)
-    answer(text)  # warm-up: the first run at a new length is much slower
+    first_answer = None
+    if app_warmup:  # the runtime: the app's own warm-up, then its first answer is timed like the rest
+        app_warmup()
+        first_answer = answer(text)[0]
+    else:
+        answer(text)  # warm-up at this length (PyTorch, optimum): their first runs are much slower
     measured = [answer(text) for _ in range(runs)]
     seconds = [m[0] for m in measured]
     encoder = [m[1] for m in measured]
@@ -323,12 +298,35 @@ def worker(variant: str, paths: Paths, context_tokens: int, runs: int, new_token
         "median_s": statistics.median(seconds),
         "min_s": min(seconds),
         "max_s": max(seconds),
+        "first_answer_s": first_answer,
         "encoder_s": statistics.median(encoder),
         "decode_ms_per_token": 1000 * statistics.median(decode),
         "first_token_s": statistics.median(first_token) if first_token else None,
         "peak_rss_mb": peak_rss_mb(),
         "answer": measured[0][4],
     }
+
+
+def encoder_cosine(export_dir: Path, paths: Paths, context_tokens: int, threads: int) -> float:
+    """Mean per-token cosine similarity of the int8 encoder's output to the fp32 one's, on the bench input."""
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    from cqa.generator import session_options
+
+    tokenizer = AutoTokenizer.from_pretrained(paths.model)
+    ids = np.array([tokenizer(make_input(tokenizer, context_tokens)).input_ids], dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    outputs = []
+    for name in ("encoder_model.onnx", "encoder_model_quantized.onnx"):
+        options = session_options(threads)
+        session = ort.InferenceSession(str(export_dir / name), options, providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, feed)[0][0].astype(np.float64))
+        del session
+    fp32, int8 = outputs
+    cosine = (fp32 * int8).sum(-1) / (np.linalg.norm(fp32, axis=-1) * np.linalg.norm(int8, axis=-1))
+    return float(cosine.mean())
 
 
 # ----------------------------------------------------------------------------- driver
@@ -364,9 +362,9 @@ def run_variant(args, variant: str, context_tokens: int) -> dict | None:
 
 def print_table(results: list[dict]) -> None:
     header = (
-        f"{'context':>7} {'variant':<20} {'median s':>9} {'min s':>7} {'max s':>7} {'encoder s':>9} "
-        f"{'1st token s':>11} {'decode ms/tok':>13} {'peak RSS MB':>11} {'vs pytorch':>10} "
-        f"{'same answer':>11}"
+        f"{'context':>7} {'variant':<20} {'median s':>9} {'min s':>7} {'max s':>7} {'1st answer s':>12} "
+        f"{'encoder s':>9} {'1st token s':>11} {'decode ms/tok':>13} {'peak RSS MB':>11} {'vs pytorch':>10} "
+        f"{'x floor':>7} {'cos fp32':>8} {'same answer':>11}"
     )
     print("\n" + header + "\n" + "-" * len(header))
     reference = {r["context_tokens"]: r for r in results if r["variant"] == "pytorch-fp32"}
@@ -376,10 +374,14 @@ def print_table(results: list[dict]) -> None:
         same = ("yes" if r["answer"] == ref["answer"] else "NO") if ref else "-"
         speedup = f"{ratio / r['median_s']:.2f}x" if ratio else "-"
         first = f"{r['first_token_s']:.2f}" if r.get("first_token_s") is not None else "-"
+        first_answer = f"{r['first_answer_s']:.2f}" if r.get("first_answer_s") is not None else "-"
+        floor = f"{r['median_s'] / r['floor_s']:.2f}" if r.get("floor_s") else "-"
+        cosine = f"{r['cosine']:.4f}" if r.get("cosine") is not None else "-"
         print(
             f"{r['context_tokens']:>7} {r['variant']:<20} {r['median_s']:>9.2f} {r['min_s']:>7.2f} "
-            f"{r['max_s']:>7.2f} {r['encoder_s']:>9.2f} {first:>11} {r['decode_ms_per_token']:>13.1f} "
-            f"{r['peak_rss_mb']:>11.0f} {speedup:>10} {same:>11}"
+            f"{r['max_s']:>7.2f} {first_answer:>12} {r['encoder_s']:>9.2f} {first:>11} "
+            f"{r['decode_ms_per_token']:>13.1f} {r['peak_rss_mb']:>11.0f} {speedup:>10} {floor:>7} "
+            f"{cosine:>8} {same:>11}"
         )
 
 
@@ -394,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "bench")
     parser.add_argument("--variants", nargs="+", default=list(ALL_VARIANTS), help=f"any of {ALL_VARIANTS}")
     parser.add_argument("--quick", action="store_true", help="small model, short input: checks the script")
+    parser.add_argument("--no-floor", action="store_true", help="skip the GEMM rates (~1 min a length)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     paths = paths_for(args.cache_dir.resolve(), args.quick)
@@ -406,11 +409,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick and args.context_tokens == parser.get_default("context_tokens"):
         args.context_tokens, args.runs, args.new_tokens = [300], 1, 4
     prepare(paths, args.quick, args.variants)
-    results = []
+    from cqa.generator import cpu_summary
+
+    print(f"CPU: {cpu_summary()}; {args.threads} threads", flush=True)
+    results, floors = [], []
     for context_tokens in args.context_tokens:
+        floor_s = None
+        if not (args.no_floor or args.quick):  # the floor is the base model's: meaningless for --quick
+            import gemm_floor
+
+            rates = gemm_floor.measure_rates(context_tokens, args.threads)
+            floor_s = gemm_floor.answer_floor(context_tokens, args.new_tokens, rates).total_s
+            floors.append(gemm_floor.describe(context_tokens, args.new_tokens, rates))
+            print("  " + floors[-1], flush=True)
         for variant in args.variants:
             result = run_variant(args, variant, context_tokens)
             if result:
+                result["floor_s"] = floor_s
+                if "int8" in variant:
+                    directory = paths.stock if variant.endswith("-stock") else paths.fast
+                    result["cosine"] = encoder_cosine(directory, paths, context_tokens, args.threads)
                 results.append(result)
                 print(
                     f"  {variant} context={context_tokens}: median {result['median_s']:.2f} s "
@@ -420,8 +438,13 @@ def main(argv: list[str] | None = None) -> None:
     print_table(results)
     print(
         "decode ms/tok: runtime = per token after the first (the first decoder step also computes the "
-        "cross-attention keys/values); pytorch/optimum = (total - encoder) / tokens, first step included."
+        "cross-attention keys/values); pytorch/optimum = (total - encoder) / tokens, first step included.\n"
+        "1st answer s: the runtime's first answer right after the app's warm-up; median/min/max: the answers "
+        "after it (PyTorch and optimum: after a warm-up answer at the same length). x floor: median / the floor below, measured in this run. cos fp32: mean "
+        "per-token cosine of the int8 encoder's output to the fp32 encoder's."
     )
+    for line in floors:
+        print(line)
     print()
     by_key = {(r["variant"], r["context_tokens"]): r for r in results}
     for context_tokens in args.context_tokens:
