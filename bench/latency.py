@@ -440,8 +440,9 @@ def main(argv: list[str] | None = None) -> None:
         "decode ms/tok: runtime = per token after the first (the first decoder step also computes the "
         "cross-attention keys/values); pytorch/optimum = (total - encoder) / tokens, first step included.\n"
         "1st answer s: the runtime's first answer right after the app's warm-up; median/min/max: the answers "
-        "after it (PyTorch and optimum: after a warm-up answer at the same length). x floor: median / the floor below, measured in this run. cos fp32: mean "
-        "per-token cosine of the int8 encoder's output to the fp32 encoder's."
+        "after it (PyTorch and optimum: after a warm-up answer at the same length).\n"
+        "x floor: median / the floor below, measured in this run. cos fp32: mean per-token cosine of the "
+        "int8 encoder's output to the fp32 encoder's."
     )
     for line in floors:
         print(line)

@@ -14,21 +14,22 @@ import argparse
 import collections
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cqa.generator import session_options
+
 
 def session(path: Path, threads: int, profile: bool = False, spin: bool = True) -> ort.InferenceSession:
-    options = ort.SessionOptions()
+    options = session_options(threads)  # the app's, so that the profile is the app's
     if not spin:  # idle threads sleep instead of spinning: CPU time then measures work, not waiting
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = f"/tmp/ort-profile-{path.stem}"
