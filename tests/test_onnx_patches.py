@@ -103,13 +103,10 @@ def test_patched_export_matches_pytorch(tmp_path):
 def test_project_export_with_patch_passes_parity_gate(tmp_path):
     """The release export wraps its trace in the patch: logits close to PyTorch's and greedy answers equal
     (its parity gate), including below 16 tokens, where the stock graph has no global token and fails."""
-    import inspect
     import json
 
     from training.export import export_onnx
 
-    if "fast_attention" not in inspect.signature(export_onnx).parameters:
-        pytest.skip("training.export has no fast_attention switch yet")
     checkpoint = tmp_path / "model"
     build_tiny_model(3, local_radius=7, global_block_size=4).save_pretrained(checkpoint)
     out = export_onnx(checkpoint, tmp_path / "onnx", fast_attention=True, parity_lengths=(3, 8, 40, 1203))
