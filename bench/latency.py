@@ -59,7 +59,13 @@ ALL_VARIANTS = (
     "runtime-fp32",  # cqa runtime on the fast-attention export
     "runtime-int8",  # same, int8 weights
     "runtime-int8-stock",  # cqa runtime on the stock export, int8 (what the patch buys)
+    "runtime-int8-reuse",  # runtime-int8 with glibc told to keep freed memory (REUSE_MEMORY_ENV)
 )
+# glibc settings that keep freed memory for reuse instead of handing it back to the system: one heap for
+# all threads, no mmap'd blocks, no trimming. Without them every answer's large buffers (attention-sized,
+# 60-280 MB) are fresh pages that the kernel zeroes, ~500k page faults per answer at 4,096 tokens. A Space
+# sets them as variables (they must be in the environment when the process starts). bench/NOTES.md, 7.
+REUSE_MEMORY_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "4294967295"}
 
 QUESTION = "What does the post say about the speed of the model?"
 _FILLER = (
@@ -150,7 +156,7 @@ def prepare(paths: Paths, quick: bool, variants: list[str]) -> None:
         export(paths, paths.fast, fast=True)
     if "runtime-int8-stock" in variants:
         quantize(paths.stock)
-    if "runtime-int8" in variants:
+    if any(v.startswith("runtime-int8") and not v.endswith("-stock") for v in variants):
         quantize(paths.fast)
 
 
@@ -350,6 +356,8 @@ def run_variant(args, variant: str, context_tokens: int) -> dict | None:
         str(args.cache_dir),
     ] + (["--quick"] if args.quick else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
+    if variant.endswith("-reuse"):
+        env.update(REUSE_MEMORY_ENV)
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
