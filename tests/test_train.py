@@ -92,6 +92,29 @@ def test_overrides_are_typed_and_checked(tmp_path):
         load_recipe(broken)
 
 
+def test_every_trainer_option_is_a_recipe_key():
+    """The recipe is HfArgumentParser's: options the project never names (a scheduler's kwargs, torch
+    compile, FSDP) are keys and overrides too, typed and checked by Seq2SeqTrainingArguments itself."""
+    overrides = parse_overrides(
+        [
+            "--lr_scheduler_type",
+            "polynomial",
+            "--lr_scheduler_kwargs",
+            "{power: 2.0}",
+            "--torch_compile",
+            "false",
+        ]
+    )
+    _, _, args = load_recipe(RECIPES / "smoke_stage1.yaml", **overrides)
+    assert args.lr_scheduler_type == "polynomial" and args.lr_scheduler_kwargs == {"power": 2.0}
+    assert args.torch_compile is False
+    # the project's defaults for the trainer: the best checkpoint by F1 (ties: the loss), generation
+    assert args.load_best_model_at_end and args.metric_for_best_model == "selection"
+    assert args.predict_with_generate and args.eval_strategy == args.save_strategy == "epoch"
+    with pytest.raises(RecipeError, match=r"lr_scheduler_type: sideways is not a valid SchedulerType"):
+        load_recipe(RECIPES / "smoke_stage1.yaml", lr_scheduler_type="sideways")
+
+
 def test_cli_reports_a_bad_override_without_a_traceback():
     done = subprocess.run(
         [sys.executable, "-m", "training.train", str(RECIPES / "smoke_stage1.yaml"), "--epochs", "3"],

@@ -145,9 +145,15 @@ def recipe_from_dict(values: dict[str, Any], where: str = "recipe") -> Recipe:
     try:
         model_args, data_args, training_args = parser.parse_dict(checked)
     except (TypeError, ValueError) as error:  # Seq2SeqTrainingArguments' own checks
-        raise RecipeError(f"{where}: {error}") from None
+        raise RecipeError(f"{where}: {_named(str(error), values)}") from None
     _check(data_args, where)
     return Recipe(model_args, data_args, training_args)
+
+
+def _named(message: str, values: dict[str, Any]) -> str:
+    """The trainer's "X is not a valid SchedulerType" with the key that said X in front."""
+    keys = [k for k, v in values.items() if isinstance(v, str) and message.startswith(f"{v} is not a valid")]
+    return f"{keys[0]}: {message}" if keys else message
 
 
 def _check(data: DataArguments, where: str) -> None:

@@ -116,41 +116,13 @@ def _train_stage(recipe: Recipe, callbacks: Sequence[Any]) -> dict:
         model, tokenizer = load_model_and_tokenizer(model_args.model, model_args.tokenizer)
         tokenizer.model_max_length = data.max_input_length
         model.generation_config.max_new_tokens = model_args.eval_max_new_tokens
-        train_examples, eval_examples = (
-            [e for spec in specs for e in load_dataset_examples(spec, data.no_answer, data.split_seed)]
-            for specs in (data.train_datasets, data.eval_datasets)
-        )
-        lengths = {"max_input_length": data.max_input_length, "max_target_length": data.max_target_length}
-        train_set = build_dataset(train_examples, tokenizer, **lengths, turns=data.turns, what="training")
-        eval_set = build_dataset(eval_examples, tokenizer, **lengths, turns=data.turns, what="validation")
-    if not args.should_save and resume is True:  # other processes follow the main one's choice
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resume = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    if args.world_size > 1:
-        _check_same_checkpoint_everywhere(resume)
-    per_step = examples_per_optimizer_step(
-        args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size
-    )
-
+        train_examples = _examples(data.train_datasets, data)
+        eval_examples = _examples(data.eval_datasets, data)
+        train_set = _tokenized(train_examples, tokenizer, data, "training")
+        eval_set = _tokenized(eval_examples, tokenizer, data, "validation")
+    resume = _same_resume_everywhere(args, resume)
     if args.should_log:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        record = recipe_record(Recipe(model_args, data, args))
-        (Path(args.output_dir) / "recipe.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
-        logger.info(
-            "world size %d (%s), %d examples per device per step, gradient accumulation %d: "
-            "%d examples per optimizer step; %d training / %d validation examples; bf16 %s, "
-            "gradient checkpointing %s",
-            args.world_size,
-            args.distributed_state.distributed_type,
-            args.per_device_train_batch_size,
-            args.gradient_accumulation_steps,
-            per_step,
-            len(train_set),
-            len(eval_set),
-            args.bf16,
-            args.gradient_checkpointing,
-        )
+        _log_start(Recipe(model_args, data, args), len(train_set), len(eval_set))
 
     extra = [epoch_log_callback(), non_finite_loss_callback(), *callbacks]
     patience = model_args.early_stopping_patience
@@ -177,36 +149,76 @@ def _train_stage(recipe: Recipe, callbacks: Sequence[Any]) -> dict:
 
     best_dir = Path(args.output_dir) / "best"
     save_best_model(trainer, best_dir)  # the best checkpoint's weights: load_best_model_at_end
-    history = eval_history(trainer.state.log_history)
-    best_checkpoint = trainer.state.best_model_checkpoint
-    best_step = int(best_checkpoint.rsplit("-", 1)[1]) if best_checkpoint else trainer.state.global_step
-    best = next((e for e in history if e["step"] == best_step), {"f1": math.nan, "exact": math.nan})
-    result = {
-        "best_checkpoint": str(best_dir),
-        "best_step": best_step,
-        "best_trainer_checkpoint": best_checkpoint,
-        "f1": best["f1"],
-        "exact": best["exact"],
-        "metric": SCORE_NAME,  # the figure that picked the best checkpoint
-        "epochs": trainer.state.epoch,
-        "global_step": trainer.state.global_step,
-        "seconds": time.perf_counter() - started,
-        "world_size": args.world_size,
-        "examples_per_step": per_step,
-        "split": split_record(data),
-        "eval_history": history,
-    }
+    result = _stage_result(trainer, best_dir, data, time.perf_counter() - started)
     if trainer.is_world_process_zero():
         (Path(args.output_dir) / "results.json").write_text(json.dumps(result, indent=2))
         logger.info(
             "best: f1=%.2f exact=%.2f at step %d; model and tokenizer in %s (%.0f s)",
             result["f1"],
             result["exact"],
-            best_step,
+            result["best_step"],
             best_dir,
             result["seconds"],
         )
     return result
+
+
+def _examples(specs, data) -> list[dict]:
+    return [e for spec in specs for e in load_dataset_examples(spec, data.no_answer, data.split_seed)]
+
+
+def _tokenized(examples: list[dict], tokenizer, data, what: str):
+    lengths = {"max_input_length": data.max_input_length, "max_target_length": data.max_target_length}
+    return build_dataset(examples, tokenizer, **lengths, turns=data.turns, what=what)
+
+
+def _log_start(recipe: Recipe, train_examples: int, eval_examples: int) -> None:
+    """OUTPUT_DIR/recipe.yaml (every field of the run) and one line on the processes and batches."""
+    args = recipe.training_args
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.output_dir) / "recipe.yaml").write_text(yaml.safe_dump(recipe_record(recipe), sort_keys=False))
+    logger.info(
+        "world size %d (%s), %d examples per device per step, gradient accumulation %d: "
+        "%d examples per optimizer step; %d training / %d validation examples; bf16 %s, "
+        "gradient checkpointing %s",
+        args.world_size,
+        args.distributed_state.distributed_type,
+        args.per_device_train_batch_size,
+        args.gradient_accumulation_steps,
+        _examples_per_step(args),
+        train_examples,
+        eval_examples,
+        args.bf16,
+        args.gradient_checkpointing,
+    )
+
+
+def _stage_result(trainer, best_dir: Path, data, seconds: float) -> dict:
+    """What results.json records: the best evaluation (and where its weights are), the run's size and
+    length, the split, and every evaluation."""
+    state, args = trainer.state, trainer.args
+    history = eval_history(state.log_history)
+    best_step = (
+        int(state.best_model_checkpoint.rsplit("-", 1)[1])
+        if state.best_model_checkpoint
+        else state.global_step
+    )
+    best = next((e for e in history if e["step"] == best_step), {"f1": math.nan, "exact": math.nan})
+    return {
+        "best_checkpoint": str(best_dir),
+        "best_step": best_step,
+        "best_trainer_checkpoint": state.best_model_checkpoint,
+        "f1": best["f1"],
+        "exact": best["exact"],
+        "metric": SCORE_NAME,  # the figure that picked the best checkpoint
+        "epochs": state.epoch,
+        "global_step": state.global_step,
+        "seconds": seconds,
+        "world_size": args.world_size,
+        "examples_per_step": _examples_per_step(args),
+        "split": split_record(data),
+        "eval_history": history,
+    }
 
 
 # --- the details --------------------------------------------------------------------------------------
@@ -270,6 +282,24 @@ def _prepare_output_dir(args) -> str | bool | None:
         for old in [*output.glob("checkpoint-*"), output / "best"]:
             shutil.rmtree(old, ignore_errors=True)
     return None
+
+
+def _same_resume_everywhere(args, resume: str | bool | None) -> str | bool | None:
+    """The main process chose what to resume from; the others look for the same last checkpoint, and
+    a multi-process run whose processes found different ones is refused."""
+    if not args.should_save and resume is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if args.world_size > 1:
+        _check_same_checkpoint_everywhere(resume)
+    return resume
+
+
+def _examples_per_step(args) -> int:
+    return examples_per_optimizer_step(
+        args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size
+    )
 
 
 def examples_per_optimizer_step(per_device_batch_size: int, accumulation_steps: int, processes: int) -> int:
