@@ -353,6 +353,27 @@ def test_cli_writes_jsonl_with_exactly_the_structured_keys(tmp_path, coqa_path):
     assert read_jsonl_examples(out) == rows  # what a recipe's {name: jsonl, file: ...} reads back
 
 
+def test_a_jsonl_file_of_another_shape_says_what_a_line_needs(tmp_path):
+    from training.data import read_jsonl_examples
+
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({"input": "c || <Q> q <A> ", "target": "a"}) + "\n")
+    with pytest.raises(DataFormatError, match=r'old.jsonl:1: each line needs "context", "question"'):
+        read_jsonl_examples(old)
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text(
+        json.dumps({"context": "Anna lives in Paris.", "question": "Where?", "answers": ["Paris"]})
+    )
+    (example,) = read_jsonl_examples(bare)
+    assert example == {
+        "id": "bare-1",
+        "context": "Anna lives in Paris.",
+        "history": [],
+        "question": "Where?",
+        "answers": ["Paris"],
+    }
+
+
 def test_cli_reports_bad_input_without_traceback(tmp_path):
     bad = write_json(tmp_path / "bad.json", {"data": [{"paragraphs": [{"qas": []}]}]})
     result = _run_cli(

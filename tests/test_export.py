@@ -151,6 +151,20 @@ def test_cli_export_with_int8(tiny_dir, tmp_path):
     assert min(figures["max_relative_error"]) > 2 * export.INT8_MAX_RELATIVE_ERROR, figures
 
 
+def test_quantize_folder_writes_optimums_names_beside_the_fp32_files(tiny_dir, tmp_path):
+    folder = tmp_path / "onnx"
+    shutil.copytree(tiny_dir / "onnx", folder)
+    written = export.quantize_folder(folder)
+    assert [p.name for p in written] == list(export.QUANTIZED_FILES)
+    assert not list(folder.glob(".*partial*")), "a partial file was left behind"
+    for name in export.ONNX_FILES:  # the fp32 files are untouched, each int8 copy is quantized
+        assert (folder / name).read_bytes() == (tiny_dir / "onnx" / name).read_bytes()
+    ops = {n.op_type for n in onnx.load(str(folder / "decoder_model_quantized.onnx")).graph.node}
+    assert "DynamicQuantizeLinear" in ops
+    with pytest.raises(export.ExportError, match=r"not an ONNX export: missing encoder_model\.onnx"):
+        export.quantize_folder(tmp_path / "empty")
+
+
 def _double_weight_scale(path: Path, node_name_part: str) -> None:
     """Double the int8 weight scale of the quantized MatMul whose name contains ``node_name_part``."""
     model = onnx.load(str(path))
