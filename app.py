@@ -698,7 +698,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         quantized = PRECISIONS[args.precision]
         generator = Seq2SeqGenerator.load(args.model, threads=args.threads, quantized=quantized)
-        generator.warmup()  # the first user's answer should be as fast as the rest
+        generator.warmup(args.max_input_tokens)  # the first user's answer should be as fast as the rest
     except ModelLoadError as error:  # its message says which model, why, and how to fix it
         demo = build_error_app(str(error))
         log.error("%s\nServing a page that says so (no chat).", error)

@@ -266,7 +266,9 @@ def _runtime_answer_fn(variant: str, paths: Paths, threads: int, new_tokens: int
             decode,
         )
 
-    return tokenizer, answer, generator.warmup
+    from cqa.format import DEFAULT_MAX_INPUT_TOKENS
+
+    return tokenizer, answer, lambda: generator.warmup(DEFAULT_MAX_INPUT_TOKENS)  # as the app does
 
 
 def peak_rss_mb() -> float:

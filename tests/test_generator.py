@@ -190,6 +190,14 @@ def test_warmup_runs(generator):
     assert generator.generate("the blog post is about", 4, 4).output_tokens == 4
 
 
+def test_warmup_runs_at_the_length_it_is_given(generator):
+    """The app warms up at its longest input: its first answer then touches no memory for the first time."""
+    for tokens in (300, 700):
+        answer = generator.warmup(tokens)
+        assert 0.85 * tokens <= answer.input_tokens <= 1.1 * tokens + 12, (tokens, answer.input_tokens)
+        assert answer.output_tokens == 2
+
+
 # --- layouts: merged decoder and int8 ----------------------------------------------------------------
 
 
