@@ -357,8 +357,8 @@ class Seq2SeqGenerator:
         precision = "int8" if self.files.quantized else "fp32"
         return (
             f"Model {self.model_id} is a stock ONNX export ({precision}, LongT5's attention as exported, "
-            "not fused): the published model takes ~10 s per answer at 4,096 tokens on 2 cores. A copy "
-            f"1.6-2.4x faster (fused attention, int8): `{FAST_EXPORT_COMMAND}` (or `make fast-model`), "
+            "not fused): the published model takes ~10-12 s per answer at 4,096 tokens on 2 cores. A copy "
+            f"1.6-2.9x faster (fused attention, int8): `{FAST_EXPORT_COMMAND}` (or `make fast-model`), "
             f"then serve it with `--model {FAST_EXPORT_FOLDER}`, or push that folder to the Hub and set "
             "MODEL_ID."
         )

@@ -36,7 +36,7 @@ HOW_TO_FIX = (
     "the OUT of `.venv/bin/python -m training.export CHECKPOINT OUT`."
 )
 
-# The published ONNX export is a stock one (December 2022: fp32, LongT5's attention as exported), 1.6-2.4x
+# The published ONNX export is a stock one (December 2022: fp32, LongT5's attention as exported), 1.6-2.9x
 # slower than this project's export of the same weights with the fused attention and int8. The command
 # that makes that fast copy from the published PyTorch checkpoint (`make fast-model` runs it in .venv):
 PUBLISHED_CHECKPOINT = "tryolabs/long-t5-tglobal-base-blogpost-cqa"
