@@ -423,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"CPU: {cpu_summary()}; {args.threads} threads", flush=True)
     results, floors = [], []
+    cosines: dict[tuple[Path, int], float] = {}  # one per export and length (int8 and int8-reuse share it)
     for context_tokens in args.context_tokens:
         floor_s = None
         if not (args.no_floor or args.quick):  # the floor is the base model's: meaningless for --quick
@@ -438,7 +439,10 @@ def main(argv: list[str] | None = None) -> None:
                 result["floor_s"] = floor_s
                 if "int8" in variant:
                     directory = paths.stock if variant.endswith("-stock") else paths.fast
-                    result["cosine"] = encoder_cosine(directory, paths, context_tokens, args.threads)
+                    key = (directory, context_tokens)
+                    if key not in cosines:
+                        cosines[key] = encoder_cosine(directory, paths, context_tokens, args.threads)
+                    result["cosine"] = cosines[key]
                 results.append(result)
                 print(
                     f"  {variant} context={context_tokens}: median {result['median_s']:.2f} s "
